@@ -1,0 +1,3 @@
+from coinfer.cli import main
+
+raise SystemExit(main())

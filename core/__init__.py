@@ -1,0 +1,1 @@
+"""Shared core: models, data, bundles and the tensor codec. Imports nothing from server/edge/rl."""

@@ -1,0 +1,1 @@
+"""Edge device daemon and on-device profiling."""

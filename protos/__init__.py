@@ -1,0 +1,1 @@
+"""Wire contract: .proto files, generated stubs (never edited) and the proto<->domain conversion."""

@@ -1,0 +1,1 @@
+"""Multi-device offloading simulator, MAHPPO and baselines."""

@@ -1,0 +1,1 @@
+"""Coordinator, DeViT decomposition and split-point training."""

@@ -1,0 +1,9 @@
+"""Subcommands of the server role."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    pass
