@@ -3,7 +3,65 @@
 from __future__ import annotations
 
 import argparse
+import socket
+from pathlib import Path
+
+from coinfer.protos.cli_options import add_server_args
+
+DEFAULT_LISTEN = "127.0.0.1:8101"
+
+
+def _default_cache() -> Path:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "coinfer" / "edge"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    pass
+    p = subparsers.add_parser(
+        "edge",
+        help="run a device daemon: fetch the assigned head, serve inference, offload the tail",
+        description="Register with a coordinator, download and verify the assigned parts, and serve the "
+        "Open Inference Protocol: the head runs here, the encoded feature goes to the coordinator's tail.",
+    )
+    p.add_argument("--coordinator", default="127.0.0.1:8001", help="host:port of the coordinator (default 127.0.0.1:8001)")
+    p.add_argument("--name", default=socket.gethostname(), help="device name, unique among the coordinator's devices")
+    add_server_args(p, DEFAULT_LISTEN)
+    p.add_argument("--advertise", help="host:port the coordinator should note for this device (default: the bound address)")
+    p.add_argument("--cache-dir", type=Path, help="where parts are kept (default: ~/.cache/coinfer/edge/NAME)")
+    p.add_argument("--rpc-timeout-s", type=float, default=10.0, help="deadline of each call to the coordinator (default 10 s)")
+    p.add_argument("--coordinator-ca", type=Path, help="PEM CA to verify a TLS coordinator (with --tls-cert/--tls-key: mutual TLS)")
+    p.set_defaults(handler=_edge)
+
+
+def _edge(args: argparse.Namespace) -> int:
+    from coinfer.core.errors import InvalidInput
+    from coinfer.edge.daemon import EdgeConfig
+    from coinfer.edge.serve import start_edge
+    from coinfer.protos.cli_options import read_token, server_options_from_args, set_torch_threads, write_port_file
+    from coinfer.protos.security import ClientSecurity
+    from coinfer.protos.serving import run_until_signal
+
+    if args.rpc_timeout_s <= 0:
+        raise InvalidInput(f"--rpc-timeout-s must be positive, got {args.rpc_timeout_s}")
+    set_torch_threads(args.threads)
+    mutual = args.coordinator_ca is not None
+    security = ClientSecurity(
+        ca_file=args.coordinator_ca,
+        cert_file=args.tls_cert if mutual else None,
+        key_file=args.tls_key if mutual else None,
+        token=read_token(args.token_file),
+    )
+    config = EdgeConfig(
+        name=args.name,
+        coordinator=args.coordinator,
+        address=args.advertise or "",
+        cache_dir=args.cache_dir or _default_cache() / args.name,
+        security=security,
+        rpc_timeout_s=args.rpc_timeout_s,
+    )
+    server = start_edge(config, server_options_from_args(args))
+    print(f"edge {args.name!r} serving on {server.address}, coordinator {args.coordinator}", flush=True)
+    write_port_file(args.port_file, server.address)
+    return run_until_signal(server.running, on_stop=server.daemon.stop)

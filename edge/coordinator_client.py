@@ -1,0 +1,90 @@
+"""The edge daemon's client of coinfer.v1.Coordinator: every call with a deadline, domain errors out.
+
+A failed call raises the coinfer error its status stands for (`protos.interceptors.error_from_rpc`),
+so the daemon's logic never handles grpc.RpcError itself.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import grpc
+import numpy as np
+
+from coinfer.core.codec import tensor_from_raw
+from coinfer.protos import coinfer_v1_pb2 as v1
+from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
+from coinfer.protos.interceptors import error_from_rpc
+from coinfer.protos.security import ClientSecurity, open_channel
+from coinfer.protos.v1 import (
+    Assignment,
+    DeviceInfo,
+    LoadReport,
+    assignment_from_proto,
+    device_info_to_proto,
+    load_report_to_proto,
+)
+
+
+class CoordinatorClient:
+    """Calls to one coordinator; `timeout_s` bounds each unary call, `fetch_timeout_s` a download."""
+
+    def __init__(
+        self,
+        target: str,
+        security: ClientSecurity | None = None,
+        *,
+        timeout_s: float = 10.0,
+        fetch_timeout_s: float = 300.0,
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.fetch_timeout_s = fetch_timeout_s
+        self._channel = open_channel(target, security)
+        self._stub = v1_grpc.CoordinatorStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> CoordinatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def register(self, info: DeviceInfo) -> tuple[str, Assignment, float]:
+        """(device id, first assignment, heartbeat interval in seconds)."""
+        try:
+            reply = self._stub.Register(v1.RegisterRequest(device=device_info_to_proto(info)), timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"Register with the coordinator at {self.target}") from exc
+        return reply.device_id, assignment_from_proto(reply.assignment), reply.heartbeat_interval_ms / 1e3
+
+    def heartbeat(self, device_id: str, name: str, report: LoadReport) -> tuple[Assignment, float]:
+        """(current assignment, heartbeat interval in seconds); NotFound means register again."""
+        try:
+            reply = self._stub.Heartbeat(load_report_to_proto(device_id, name, report), timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"Heartbeat to the coordinator at {self.target}") from exc
+        return assignment_from_proto(reply.assignment), reply.heartbeat_interval_ms / 1e3
+
+    def fetch_part(self, bundle: str, part: str, offset: int = 0) -> Iterator[v1.PartChunk]:
+        """The chunks of one part file from ``offset``; the whole stream shares one deadline."""
+        request = v1.FetchPartRequest(bundle=bundle, part=part, offset=offset)
+        try:
+            yield from self._stub.FetchPart(request, timeout=self.fetch_timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"FetchPart {bundle}/{part} from {self.target}") from exc
+
+    def offload(
+        self, model_name: str, split_point: int, payload: bytes, *, request_id: str = "", device_id: str = ""
+    ) -> tuple[np.ndarray, float]:
+        """(logits, milliseconds the tail took on the coordinator)."""
+        request = v1.OffloadRequest(
+            model_name=model_name, split_point=split_point, payload=payload, request_id=request_id, device_id=device_id
+        )
+        try:
+            reply = self._stub.Offload(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"Offload to the coordinator at {self.target}") from exc
+        return tensor_from_raw(reply.datatype, tuple(reply.shape), reply.logits), reply.tail_ms

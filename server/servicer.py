@@ -1,0 +1,61 @@
+"""Thin gRPC servicer of coinfer.v1.Coordinator: wire -> domain -> `Coordinator` -> wire.
+
+No logic lives here beyond field checks; errors are raised as coinfer errors and mapped to
+status codes by the shared interceptor.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from coinfer.core.codec import tensor_to_raw
+from coinfer.core.errors import InvalidInput
+from coinfer.protos import coinfer_v1_pb2 as v1
+from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
+from coinfer.protos.v1 import assignment_to_proto, device_info_from_proto, load_report_from_proto
+from coinfer.server.coordinator import Coordinator
+
+SERVICE_NAME = "coinfer.v1.Coordinator"
+
+
+class CoordinatorServicer(v1_grpc.CoordinatorServicer):
+    """coinfer.v1.Coordinator over a `Coordinator`."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    def _interval_ms(self) -> int:
+        return int(self._coordinator.config.heartbeat_interval_s * 1e3)
+
+    def Register(self, request: v1.RegisterRequest, context: object) -> v1.RegisterResponse:
+        record = self._coordinator.register(device_info_from_proto(request.device))
+        return v1.RegisterResponse(
+            device_id=record.device_id,
+            assignment=assignment_to_proto(record.assignment),
+            heartbeat_interval_ms=self._interval_ms(),
+        )
+
+    def Heartbeat(self, request: v1.HeartbeatRequest, context: object) -> v1.HeartbeatResponse:
+        if not request.device_id:
+            raise InvalidInput("heartbeat without a device_id; register first")
+        record = self._coordinator.heartbeat(request.device_id, load_report_from_proto(request))
+        return v1.HeartbeatResponse(assignment=assignment_to_proto(record.assignment), heartbeat_interval_ms=self._interval_ms())
+
+    def FetchPart(self, request: v1.FetchPartRequest, context: object) -> Iterator[v1.PartChunk]:
+        chunks = self._coordinator.iter_part(request.bundle, request.part, request.offset, request.chunk_bytes)
+        for chunk in chunks:
+            yield v1.PartChunk(
+                bundle=request.bundle,
+                part=request.part,
+                offset=chunk.offset,
+                data=chunk.data,
+                total_size_bytes=chunk.total_size_bytes,
+                sha256=chunk.sha256,
+            )
+
+    def Offload(self, request: v1.OffloadRequest, context: object) -> v1.OffloadResponse:
+        if not request.payload:
+            raise InvalidInput("offload request carries no payload")
+        logits, tail_ms = self._coordinator.offload(request.model_name, request.split_point, request.payload, request.device_id)
+        datatype, shape, raw = tensor_to_raw(logits)
+        return v1.OffloadResponse(logits=raw, shape=shape, datatype=datatype, tail_ms=tail_ms, request_id=request.request_id)
