@@ -19,9 +19,14 @@ from coinfer.core.errors import CoinferError
 # Modules that add subcommands, in the order `coinfer --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "coinfer.server.cli",
+    "coinfer.server.dekd.cli",
+    "coinfer.server.testbed.cli",
+    "coinfer.server.split.cli",
     "coinfer.edge.cli",
+    "coinfer.edge.profile_cli",
     "coinfer.rl.cli",
     "coinfer.demo",
+    "coinfer.bench",
 )
 
 

@@ -217,6 +217,8 @@ def parse_manifest(data: object, bundle_dir: Path) -> Manifest:
             if key not in raw:
                 raise InvalidInput(f"{where}: parts[{i}] is missing field {key!r}")
         _check_file_name(raw["file"], bundle_dir, f"parts[{i}].file")
+        if not isinstance(raw["name"], str) or not raw["name"]:
+            raise InvalidInput(f"{where}: parts[{i}].name must be a non-empty string")
         if raw["name"] in seen:
             raise InvalidInput(f"{where}: part name {raw['name']!r} appears twice")
         seen.add(raw["name"])
@@ -299,6 +301,10 @@ class Bundle:
         spec = self.part(name)
         config = dict(spec.config)
         segment = config.pop("segment", None)
+        if segment is not None and not (
+            isinstance(segment, list) and len(segment) == 2 and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in segment)
+        ):
+            raise InvalidInput(f"part {name!r} of {self.path}: config.segment must be [start, end], got {segment!r}")
         module = build_model(config)
         if segment is not None:
             module = module.segment(*segment)

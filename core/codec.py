@@ -43,6 +43,9 @@ _DATATYPE_CODES = {name: i for i, name in enumerate(DATATYPES)}
 _DATATYPE_NAMES = list(DATATYPES)
 
 MAX_NDIM = 8
+MAX_DIM = 2**31 - 1
+# Largest tensor a compressed payload may inflate to; far above any feature coinfer sends.
+MAX_INFLATED_BYTES = 1 << 30
 QUANT_BITS = (8, 4, 2)
 # Header of an encoded tensor: magic, version, flags, datatype code, ndim, bits.
 _MAGIC = b"CT"
@@ -70,6 +73,8 @@ def _check_shape(shape: object) -> tuple[int, ...]:
         raise InvalidInput(f"shape has {len(dims)} dimensions, at most {MAX_NDIM} are allowed")
     if any(d < 0 for d in dims):
         raise InvalidInput(f"shape {list(dims)} has a negative dimension")
+    if any(d > MAX_DIM for d in dims):
+        raise InvalidInput(f"shape {list(dims)} has a dimension above {MAX_DIM}")
     return dims
 
 
@@ -220,6 +225,8 @@ def _stored_length(enc: EncodedTensor) -> int:
 
 def _bounded_decompress(data: bytes, expected: int) -> bytes:
     # Never inflate more than the shape allows: a small bomb cannot exhaust memory.
+    if expected > MAX_INFLATED_BYTES:
+        raise InvalidInput(f"compressed payload claims {expected} bytes, above the {MAX_INFLATED_BYTES}-byte limit")
     inflater = zlib.decompressobj()
     try:
         out = inflater.decompress(data, expected + 1)
@@ -264,7 +271,7 @@ def from_bytes(payload: bytes) -> EncodedTensor:
     offset = _HEADER.size
     if len(payload) < offset + 8 * ndim:
         raise InvalidInput("payload is truncated inside its shape")
-    shape = struct.unpack_from(f"<{ndim}Q", payload, offset)
+    shape = _check_shape(struct.unpack_from(f"<{ndim}Q", payload, offset))
     offset += 8 * ndim
     scale, zero_point = 1.0, 0
     if quantised:

@@ -13,7 +13,10 @@ Images are kept as uint8 N x C x H x W; `to_float` maps them to [0, 1] for model
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,8 @@ FASHION_MNIST_CLASSES = (
     "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot",
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_CLASSES = 100_000
+"""Labels are class indices; anything larger is a damaged file, not a dataset."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,8 @@ def _check_labels(x: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray
         raise InvalidInput(f"{source}: labels must be integers, got {y.dtype}")
     if y.min() < 0:
         raise InvalidInput(f"{source}: labels must be >= 0, found {int(y.min())}")
+    if y.max() >= MAX_CLASSES:
+        raise InvalidInput(f"{source}: label {int(y.max())} is above the limit of {MAX_CLASSES} classes")
     num_classes = int(y.max()) + 1
     return x, y.astype(np.int64), tuple(str(i) for i in range(num_classes))
 
@@ -162,7 +169,7 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as fh:
             data = fh.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise InvalidInput(f"{path}: cannot read idx file ({exc})") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise InvalidInput(f"{path}: not an unsigned-byte idx file")
@@ -171,7 +178,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(data) < header:
         raise InvalidInput(f"{path}: truncated idx header")
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(dims))
+    expected = math.prod(dims)
     if len(data) - header != expected:
         raise InvalidInput(f"{path}: {len(data) - header} bytes of data, shape {list(dims)} needs {expected}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
@@ -216,7 +223,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
             if missing:
                 raise InvalidInput(f"{path}: missing array(s) {sorted(missing)}; expected 'x' and 'y'")
             x, y = archive["x"], archive["y"]
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise InvalidInput(f"{path}: cannot read npz file ({exc})") from exc
     if x.dtype != np.uint8:
         raise InvalidInput(f"{path}: 'x' must be uint8, got {x.dtype}")
@@ -248,7 +255,7 @@ def _load_imagefolder(root: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ..
                     img.load()
                     # Grey stays one channel; everything else (palette, RGBA, CMYK) becomes RGB.
                     arr = np.asarray(img.convert("L" if img.mode in ("1", "L", "I", "I;16") else "RGB"))
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
                 raise InvalidInput(f"{file}: unreadable image ({exc})") from exc
             arr = arr[None, :, :] if arr.ndim == 2 else np.transpose(arr, (2, 0, 1))
             if shape is None:

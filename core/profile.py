@@ -120,7 +120,7 @@ def profile_from_dict(data: object, source: str = "<dict>") -> DeviceProfile:
                 head_energy_j=float(p["head_energy_j"]),
                 feature_bits=int(p["feature_bits"]),
                 uplink_bits=int(p["uplink_bits"]),
-                head_macs=int(p.get("head_macs", 0)),
+                head_macs=_non_negative_int(p.get("head_macs", 0), f"{source}: points[{i}].head_macs"),
             )
         )
     if points[-1].uplink_bits != 0:
@@ -131,10 +131,22 @@ def profile_from_dict(data: object, source: str = "<dict>") -> DeviceProfile:
         device=str(data["device"]),
         energy_source=data["energy_source"],
         points=tuple(points),
-        raw_input_bytes=int(data.get("raw_input_bytes", 0)),
+        raw_input_bytes=_non_negative_int(data.get("raw_input_bytes", 0), f"{source}: raw_input_bytes"),
         notes=str(data.get("notes", "")),
-        extra=dict(data.get("extra", {})),
+        extra=_object(data.get("extra", {}), f"{source}: extra"),
     )
+
+
+def _non_negative_int(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(f"{where} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _object(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where} must be an object, got {type(value).__name__}")
+    return dict(value)
 
 
 def builtin_profile_names() -> list[str]:

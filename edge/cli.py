@@ -21,17 +21,20 @@ def _default_cache() -> Path:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "edge",
-        help="run a device daemon: fetch the assigned head, serve inference, offload the tail",
+        help="run a device daemon: fetch the assigned parts, serve inference, offload tails, run DeViT sub-models",
         description="Register with a coordinator, download and verify the assigned parts, and serve the "
-        "Open Inference Protocol: the head runs here, the encoded feature goes to the coordinator's tail.",
+        "Open Inference Protocol: a split model's head runs here at the split point the scheduler assigns and the "
+        "encoded feature goes to the coordinator's tail; DeViT requests are forwarded to the coordinator, which "
+        "calls this device for its sub-models.",
     )
     p.add_argument("--coordinator", default="127.0.0.1:8001", help="host:port of the coordinator (default 127.0.0.1:8001)")
     p.add_argument("--name", default=socket.gethostname(), help="device name, unique among the coordinator's devices")
-    add_server_args(p, DEFAULT_LISTEN)
+    add_server_args(p, DEFAULT_LISTEN, default_workers=16)
     p.add_argument("--advertise", help="host:port the coordinator should note for this device (default: the bound address)")
     p.add_argument("--cache-dir", type=Path, help="where parts are kept (default: ~/.cache/coinfer/edge/NAME)")
     p.add_argument("--rpc-timeout-s", type=float, default=10.0, help="deadline of each call to the coordinator (default 10 s)")
     p.add_argument("--coordinator-ca", type=Path, help="PEM CA to verify a TLS coordinator (with --tls-cert/--tls-key: mutual TLS)")
+    p.add_argument("--distance-m", type=float, default=0.0, help="distance to the edge server told to the scheduler (default 0 = unknown)")
     p.set_defaults(handler=_edge)
 
 
@@ -45,6 +48,8 @@ def _edge(args: argparse.Namespace) -> int:
 
     if args.rpc_timeout_s <= 0:
         raise InvalidInput(f"--rpc-timeout-s must be positive, got {args.rpc_timeout_s}")
+    if args.distance_m < 0:
+        raise InvalidInput(f"--distance-m must not be negative, got {args.distance_m}")
     set_torch_threads(args.threads)
     mutual = args.coordinator_ca is not None
     security = ClientSecurity(
@@ -60,8 +65,9 @@ def _edge(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir or _default_cache() / args.name,
         security=security,
         rpc_timeout_s=args.rpc_timeout_s,
+        distance_m=args.distance_m,
     )
-    server = start_edge(config, server_options_from_args(args))
+    server = start_edge(config, server_options_from_args(args), metrics_port=args.metrics_port)
     print(f"edge {args.name!r} serving on {server.address}, coordinator {args.coordinator}", flush=True)
     write_port_file(args.port_file, server.address)
-    return run_until_signal(server.running, on_stop=server.daemon.stop)
+    return run_until_signal(server.running, on_stop=server.shutdown_helpers)

@@ -1,11 +1,17 @@
-"""The device daemon's logic: register, hold the assigned parts, run the head, offload the tail.
+"""The device daemon's control side: register, hold the assigned parts, heartbeat, apply decisions.
 
 A control thread registers with the coordinator (retrying with backoff until it answers),
-downloads and loads the parts of the assignment, then heartbeats; a new assignment generation
-is loaded beside the old one and swapped in atomically, and a coordinator that forgot the
-device (NOT_FOUND, e.g. after a restart) is registered with again. Inference requests run on
-the gRPC threads: head (+ encoder) here, the feature quantised and encoded by the core codec,
-the tail on the coordinator under a deadline.
+downloads and loads the parts of its assignment, then heartbeats at the interval the
+coordinator asks for (one scheduler slot when a scheduler runs). Each heartbeat reports CPU,
+memory and temperature (psutil), requests in each stage, the measured uplink throughput,
+the previous heartbeat's round trip and the uplink energy; its answer carries the current
+assignment. A new generation is loaded beside the old one (only new parts are downloaded
+and loaded) and swapped in atomically, so requests apply it from the next one. A coordinator
+that forgot the device (FAILED_PRECONDITION after a restart) is registered with again.
+Downloads and loading run on their own thread, so heartbeats go on meanwhile (a device busy
+fetching a large part must not look dead to the coordinator); the loader always works
+towards the newest assignment heard of.
+The compute paths themselves are in `inference.py`.
 """
 
 from __future__ import annotations
@@ -14,25 +20,25 @@ import logging
 import os
 import platform
 import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from coinfer.core.codec import encode, to_bytes
-from coinfer.core.errors import CoinferError, FailedPrecondition, InvalidInput, NotFound, Unavailable
+from coinfer.core.errors import CoinferError, FailedPrecondition, Unavailable
 from coinfer.edge.coordinator_client import CoordinatorClient
+from coinfer.edge.inference import EdgeInference
+from coinfer.edge.loaded import LoadedAssignment, ModuleStore
+from coinfer.edge.metrics import EdgeMetrics
 from coinfer.edge.part_cache import PartCache
+from coinfer.edge.stats import EdgeStats
+from coinfer.protos.oip import ParameterValue
+from coinfer.protos.oip_service import InferCall
 from coinfer.protos.security import ClientSecurity
-from coinfer.protos.v1 import Assignment, DeviceInfo, LoadReport
+from coinfer.protos.v1 import Assignment, DeviceInfo
 
 log = logging.getLogger(__name__)
-
-HEAD_ROLES = ("head", "encoder")
-"""Roles of the parts a device runs, in execution order."""
 
 
 @dataclass
@@ -44,78 +50,48 @@ class EdgeConfig:
     coordinator: str
     """host:port of the coordinator."""
     address: str
-    """host:port of this daemon's OIP front door, as told to the coordinator."""
+    """host:port of this daemon's front door, as told to the coordinator."""
     cache_dir: Path
-    """Local part store."""
+    """Local part store (kept across restarts: parts are not downloaded again)."""
     security: ClientSecurity = field(default_factory=ClientSecurity)
     """How to reach the coordinator (TLS, token)."""
     rpc_timeout_s: float = 10.0
-    """Deadline of Register, Heartbeat and Offload calls."""
+    """Deadline of Register, Heartbeat, and of Offload when the client gives a later one."""
     fetch_timeout_s: float = 300.0
     """Deadline of one whole part download."""
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
     """Backoff bounds while the coordinator cannot be reached."""
-
-
-@dataclass(frozen=True)
-class OffloadTimings:
-    """Where the time of one request went, in milliseconds, and what crossed the link."""
-
-    head_ms: float
-    encode_ms: float
-    offload_ms: float
-    """Round trip of the Offload call, tail included."""
-    tail_ms: float
-    payload_bytes: int
-
-
-class _Loaded:
-    """One assignment with its modules, ready to run."""
-
-    def __init__(self, assignment: Assignment, modules: list) -> None:
-        self.assignment = assignment
-        self.modules = modules
-
-
-def _load_report_now(generation: int, parts_held: tuple[str, ...], queue_length: int) -> LoadReport:
-    import psutil
-
-    temperature = None
-    try:
-        sensors = psutil.sensors_temperatures() if hasattr(psutil, "sensors_temperatures") else {}
-        readings = [t.current for entries in sensors.values() for t in entries if t.current]
-        temperature = max(readings) if readings else None
-    except (OSError, RuntimeError):  # no sensor access on this machine
-        temperature = None
-    return LoadReport(
-        cpu_percent=float(psutil.cpu_percent(interval=None)),
-        memory_percent=float(psutil.virtual_memory().percent),
-        temperature_c=temperature,
-        queue_length=queue_length,
-        assignment_generation=generation,
-        parts_held=parts_held,
-    )
+    distance_m: float = 0.0
+    """Distance to the edge server told to the scheduler (0 = unknown)."""
+    fallback_hold_s: float = 1.0
+    """After an offload finds the coordinator unreachable, answer alone this long before trying it again."""
 
 
 class EdgeDaemon:
-    """Registration, parts, heartbeats and the split inference path of one device."""
+    """Registration, parts, heartbeats; the compute paths over the loaded assignment."""
 
     server_name = "coinfer-edge"
 
-    def __init__(self, config: EdgeConfig, on_ready: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, config: EdgeConfig, on_ready: Callable[[bool], None] | None = None, metrics: EdgeMetrics | None = None) -> None:
         self.config = config
-        self.cache = PartCache(config.cache_dir)
         self.client = CoordinatorClient(
             config.coordinator, config.security, timeout_s=config.rpc_timeout_s, fetch_timeout_s=config.fetch_timeout_s
         )
+        self.store = ModuleStore(PartCache(config.cache_dir))
+        self.stats = EdgeStats()
+        self.metrics = metrics or EdgeMetrics()
         self.device_id = ""
+        self.inference = EdgeInference(
+            self.client, self.stats, self.metrics, lambda: self.device_id, config.rpc_timeout_s, config.fallback_hold_s
+        )
         self._on_ready = on_ready or (lambda ready: None)
-        self._loaded: _Loaded | None = None
+        self._loaded: LoadedAssignment | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._in_flight = 0
-        self._in_flight_lock = threading.Lock()
+        self._loader: threading.Thread | None = None
+        self._wanted: Assignment | None = None
+        self._wanted_changed = threading.Condition()
         self._interval_s = 2.0
 
     # Lifecycle -------------------------------------------------------------------------
@@ -123,14 +99,23 @@ class EdgeDaemon:
     def start(self) -> None:
         """Start the control thread (register, load, heartbeat); returns at once."""
         self._thread = threading.Thread(target=self._control_loop, name="edge-control", daemon=True)
+        self._loader = threading.Thread(target=self._load_loop, name="edge-loader", daemon=True)
         self._thread.start()
+        self._loader.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop heartbeating and close the coordinator channel."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        with self._wanted_changed:
+            self._wanted_changed.notify_all()
+        for thread in (self._thread, self._loader):
+            if thread is not None:
+                thread.join(timeout_s)
         self.client.close()
+
+    @property
+    def loaded(self) -> LoadedAssignment | None:
+        return self._loaded
 
     @property
     def assignment(self) -> Assignment | None:
@@ -149,6 +134,7 @@ class EdgeDaemon:
             platform=f"{platform.system()} {platform.machine()}",
             cpu_count=os.cpu_count() or 0,
             memory_total_bytes=int(psutil.virtual_memory().total),
+            distance_m=self.config.distance_m,
         )
 
     def _control_loop(self) -> None:
@@ -159,15 +145,19 @@ class EdgeDaemon:
                     self.device_id, assignment, self._interval_s = self.client.register(self._device_info())
                     log.info("registered with %s as %s", self.config.coordinator, self.device_id)
                 else:
-                    report = _load_report_now(self._generation(), self._parts_held(), self._in_flight)
-                    assignment, self._interval_s = self.client.heartbeat(self.device_id, self.config.name, report)
-                if self._generation() != assignment.generation:
-                    self._apply(assignment)
+                    report = self.stats.report(self._generation(), self._parts_held())
+                    assignment, self._interval_s, self.stats.rtt_ms = self.client.heartbeat(self.device_id, self.config.name, report)
+                self._want(assignment)
                 backoff = self.config.retry_initial_s
                 self._stop.wait(self._interval_s)
-            except NotFound as exc:
-                log.warning("%s; registering again", exc)
-                self.device_id = ""
+            except FailedPrecondition as exc:
+                if self.device_id:  # the coordinator forgot this device (it restarted)
+                    log.warning("%s; registering again", exc)
+                    self.device_id = ""
+                    continue
+                log.warning("registration refused: %s (retrying in %.1f s)", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.config.retry_max_s)
             except CoinferError as exc:
                 # Unreachable coordinator, bad part, ... : keep serving what is loaded and retry.
                 log.warning("control loop: %s (retrying in %.1f s)", exc, backoff)
@@ -184,69 +174,71 @@ class EdgeDaemon:
 
     def _parts_held(self) -> tuple[str, ...]:
         loaded = self._loaded
-        return tuple(f"{loaded.assignment.bundle}/{p.name}" for p in loaded.assignment.parts) if loaded else ()
+        return loaded.parts_held if loaded else ()
+
+    def _want(self, assignment: Assignment) -> None:
+        """Hand the newest assignment to the loader (nothing to do when it is already running it)."""
+        with self._wanted_changed:
+            if assignment.generation != self._generation() and (self._wanted is None or self._wanted.generation != assignment.generation):
+                self._wanted = assignment
+                self._wanted_changed.notify_all()
+
+    def _load_loop(self) -> None:
+        backoff = self.config.retry_initial_s
+        while not self._stop.is_set():
+            with self._wanted_changed:
+                while self._wanted is None and not self._stop.is_set():
+                    self._wanted_changed.wait(1.0)
+                wanted = self._wanted
+            if wanted is None:
+                continue
+            try:
+                self._apply(wanted)
+                backoff = self.config.retry_initial_s
+                with self._wanted_changed:
+                    if self._wanted is wanted:
+                        self._wanted = None
+            except CoinferError as exc:
+                # A part that fails its hash, an unreachable coordinator: keep the loaded assignment, retry.
+                log.warning("cannot load assignment %d: %s (retrying in %.1f s)", wanted.generation, exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.config.retry_max_s)
+            except Exception:  # noqa: BLE001 - a bug must not kill the loader silently
+                log.exception("loading assignment %d failed unexpectedly (retrying in %.1f s)", wanted.generation, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.config.retry_max_s)
 
     def _apply(self, assignment: Assignment) -> None:
-        """Download, verify and load an assignment's parts, then swap it in."""
-        parts = [p for role in HEAD_ROLES for p in assignment.parts if p.role == role]
-        if not parts or parts[0].role != "head":
-            raise InvalidInput(f"assignment {assignment.generation} gives no head part to run")
-        for spec in parts:
-            self.cache.ensure(assignment.bundle, spec, self.client.fetch_part)
-        bundle = self.cache.open_bundle(assignment.bundle, parts)
-        modules = [bundle.load_module(spec.name) for spec in parts]
-        self._loaded = _Loaded(assignment, modules)
-        log.info(
-            "loaded %s at split point %d (%s): parts %s, codec %d bits",
-            assignment.model_name,
-            assignment.split_point,
-            assignment.split_point_name,
-            ", ".join(p.name for p in parts),
-            assignment.codec_bits,
-        )
+        """Download, verify and load what the assignment needs, then swap it in."""
+        previous = self._loaded
+        self._loaded = self.store.load(assignment, self.client.fetch_part)
+        m = self.metrics
+        m.generation.set(assignment.generation)
+        m.split_point.set(assignment.split_point)
+        m.sub_channel.set(assignment.sub_channel)
+        m.power_w.set(assignment.power_w)
+        before = previous.assignment if previous else None
+        if before is None or before.parts != assignment.parts or before.split_point != assignment.split_point:
+            log.info(
+                "assignment %d: %s at split point %d (%s), %d parts, sub-models %s",
+                assignment.generation,
+                assignment.model_name or "no split model",
+                assignment.split_point,
+                assignment.split_point_name,
+                len(assignment.parts),
+                [f"{s.model_name}#{s.index}" for s in assignment.submodels] or "none",
+            )
         self._on_ready(True)
 
-    # Inference ---------------------------------------------------------------------------
+    # Inference -----------------------------------------------------------------------------
 
-    def infer(self, images: np.ndarray, request_id: str = "") -> tuple[np.ndarray, OffloadTimings]:
-        """Logits (FP32) for uint8 images: head here, tail on the coordinator."""
-        import torch
-
-        from coinfer.core.data import to_float
-
+    def infer(self, images: np.ndarray, call: InferCall | None = None) -> tuple[np.ndarray, dict[str, ParameterValue]]:
+        """Logits (FP32) of the split model for uint8 images, with the response parameters."""
         loaded = self._loaded
-        if loaded is None:
-            raise Unavailable("no model loaded yet: the daemon is still registering or downloading parts")
-        a = loaded.assignment
-        with self._in_flight_lock:
-            self._in_flight += 1
-        try:
-            started = time.perf_counter()
-            with torch.inference_mode():
-                x = to_float(images)
-                for module in loaded.modules:
-                    x = module(x)
-            head_done = time.perf_counter()
-            payload = to_bytes(encode(x.float().numpy(), bits=a.codec_bits, compress=a.codec_compress))
-            encoded = time.perf_counter()
-            try:
-                logits, tail_ms = self.client.offload(
-                    a.model_name, a.split_point, payload, request_id=request_id or uuid.uuid4().hex, device_id=self.device_id
-                )
-            except Unavailable:
-                raise
-            except CoinferError as exc:
-                # The client's request was fine; the coordinator refused what *we* sent.
-                raise FailedPrecondition(f"the coordinator refused the offloaded feature: {exc}") from exc
-            done = time.perf_counter()
-        finally:
-            with self._in_flight_lock:
-                self._in_flight -= 1
-        timings = OffloadTimings(
-            head_ms=(head_done - started) * 1e3,
-            encode_ms=(encoded - head_done) * 1e3,
-            offload_ms=(done - encoded) * 1e3,
-            tail_ms=tail_ms,
-            payload_bytes=len(payload),
-        )
-        return logits.astype(np.float32, copy=False), timings
+        if loaded is None or not loaded.assignment.model_name:
+            raise Unavailable("no split model loaded yet: the daemon is still registering or downloading parts")
+        return self.inference.split(loaded, images, call or InferCall("", {}))
+
+    def run_submodel(self, model_name: str, bundle: str, part: str, images: np.ndarray) -> tuple[np.ndarray, float]:
+        """A DeViT sub-model's features for uint8 images, and the milliseconds it took."""
+        return self.inference.submodel(self._loaded, model_name, bundle, part, images)

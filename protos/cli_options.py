@@ -13,13 +13,17 @@ from pathlib import Path
 from coinfer.core.errors import InvalidInput, NotFound
 
 
-def add_server_args(p: argparse.ArgumentParser, default_listen: str) -> None:
-    """--listen, --insecure, TLS files, token, --threads, --port-file, --max-message-mb."""
+def add_server_args(p: argparse.ArgumentParser, default_listen: str, default_workers: int = 8) -> None:
+    """--listen, --insecure, TLS files, token, --threads, --workers, --port-file, --metrics-port, --max-message-mb."""
     p.add_argument("--listen", default=default_listen, help=f"host:port to serve on (default {default_listen}; port 0 = any free port)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--workers", type=int, default=8, help="concurrent gRPC calls served (default 8)")
+    p.add_argument("--workers", type=int, default=default_workers, help=f"concurrent gRPC calls served (default {default_workers})")
     p.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message in MiB (default 64)")
     p.add_argument("--port-file", type=Path, help="write the bound host:port to this file once serving")
+    p.add_argument(
+        "--metrics-port", type=int, default=0,
+        help="serve Prometheus metrics on this port of the --listen host (default 0 = no metrics endpoint)",
+    )
     sec = p.add_argument_group("transport security")
     sec.add_argument("--tls-cert", type=Path, help="PEM certificate chain of this daemon (turns TLS on)")
     sec.add_argument("--tls-key", type=Path, help="PEM private key of this daemon")
@@ -50,6 +54,8 @@ def server_options_from_args(args: argparse.Namespace):
 
     if args.max_message_mb < 1 or args.workers < 1:
         raise InvalidInput("--max-message-mb and --workers must be at least 1")
+    if not 0 <= args.metrics_port <= 65535:
+        raise InvalidInput(f"--metrics-port must be 0 (off) or a port number, got {args.metrics_port}")
     security = ServerSecurity(
         cert_file=args.tls_cert, key_file=args.tls_key, client_ca_file=args.tls_client_ca, token=read_token(args.token_file)
     )

@@ -24,37 +24,59 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63oinfer/protos/coinfer_v1.proto\x12\ncoinfer.v1\";\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"}\n\nDeviceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x11\n\tcpu_count\x18\x04 \x01(\x05\x12\x1a\n\x12memory_total_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07profile\x18\x06 \x01(\t\"\xbf\x01\n\x07PartRef\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12&\n\x06inputs\x18\x07 \x03(\x0b\x32\x16.coinfer.v1.TensorSpec\x12\'\n\x07outputs\x18\x08 \x03(\x0b\x32\x16.coinfer.v1.TensorSpec\"\xc6\x02\n\nAssignment\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0e\n\x06\x62undle\x18\x03 \x01(\t\x12\x13\n\x0bsplit_point\x18\x04 \x01(\x05\x12\x18\n\x10split_point_name\x18\x05 \x01(\t\x12\x13\n\x0bsub_channel\x18\x06 \x01(\x05\x12\x0f\n\x07power_w\x18\x07 \x01(\x01\x12\"\n\x05parts\x18\x08 \x03(\x0b\x32\x13.coinfer.v1.PartRef\x12\x12\n\ncodec_bits\x18\t \x01(\x05\x12\x16\n\x0e\x63odec_compress\x18\n \x01(\x08\x12,\n\x0cmodel_inputs\x18\x0b \x03(\x0b\x32\x16.coinfer.v1.TensorSpec\x12-\n\rmodel_outputs\x18\x0c \x03(\x0b\x32\x16.coinfer.v1.TensorSpec\"9\n\x0fRegisterRequest\x12&\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x16.coinfer.v1.DeviceInfo\"p\n\x10RegisterResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12*\n\nassignment\x18\x02 \x01(\x0b\x32\x16.coinfer.v1.Assignment\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\"\xd7\x01\n\x10HeartbeatRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63pu_percent\x18\x03 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x04 \x01(\x01\x12\x1a\n\rtemperature_c\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cqueue_length\x18\x06 \x01(\x05\x12\x1d\n\x15\x61ssignment_generation\x18\x07 \x01(\x04\x12\x12\n\nparts_held\x18\x08 \x03(\tB\x10\n\x0e_temperature_c\"^\n\x11HeartbeatResponse\x12*\n\nassignment\x18\x01 \x01(\x0b\x32\x16.coinfer.v1.Assignment\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x03\"U\n\x10\x46\x65tchPartRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\x05\"q\n\tPartChunk\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x18\n\x10total_size_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\"q\n\x0eOffloadRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x13\n\x0bsplit_point\x18\x02 \x01(\x05\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x11\n\tdevice_id\x18\x05 \x01(\t\"g\n\x0fOffloadResponse\x12\x0e\n\x06logits\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x10\n\x08\x64\x61tatype\x18\x03 \x01(\t\x12\x0f\n\x07tail_ms\x18\x04 \x01(\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t2\xae\x02\n\x0b\x43oordinator\x12G\n\x08Register\x12\x1b.coinfer.v1.RegisterRequest\x1a\x1c.coinfer.v1.RegisterResponse\"\x00\x12J\n\tHeartbeat\x12\x1c.coinfer.v1.HeartbeatRequest\x1a\x1d.coinfer.v1.HeartbeatResponse\"\x00\x12\x44\n\tFetchPart\x12\x1c.coinfer.v1.FetchPartRequest\x1a\x15.coinfer.v1.PartChunk\"\x00\x30\x01\x12\x44\n\x07Offload\x12\x1a.coinfer.v1.OffloadRequest\x1a\x1b.coinfer.v1.OffloadResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63oinfer/protos/coinfer_v1.proto\x12\ncoinfer.v1\";\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x91\x01\n\nDeviceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x11\n\tcpu_count\x18\x04 \x01(\x05\x12\x1a\n\x12memory_total_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07profile\x18\x06 \x01(\t\x12\x12\n\ndistance_m\x18\x10 \x01(\x01\"\xbf\x01\n\x07PartRef\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12&\n\x06inputs\x18\x07 \x03(\x0b\x32\x16.coinfer.v1.TensorSpec\x12\'\n\x07outputs\x18\x08 \x03(\x0b\x32\x16.coinfer.v1.TensorSpec\"\x86\x04\n\nAssignment\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0e\n\x06\x62undle\x18\x03 \x01(\t\x12\x13\n\x0bsplit_point\x18\x04 \x01(\x05\x12\x18\n\x10split_point_name\x18\x05 \x01(\t\x12\x13\n\x0bsub_channel\x18\x06 \x01(\x05\x12\x0f\n\x07power_w\x18\x07 \x01(\x01\x12\"\n\x05parts\x18\x08 \x03(\x0b\x32\x13.coinfer.v1.PartRef\x12\x12\n\ncodec_bits\x18\t \x01(\x05\x12\x16\n\x0e\x63odec_compress\x18\n \x01(\x08\x12,\n\x0cmodel_inputs\x18\x0b \x03(\x0b\x32\x16.coinfer.v1.TensorSpec\x12-\n\rmodel_outputs\x18\x0c \x03(\x0b\x32\x16.coinfer.v1.TensorSpec\x12\x30\n\x0csplit_points\x18\x10 \x03(\x0b\x32\x1a.coinfer.v1.SplitPointPlan\x12\x17\n\x0f\x63odec_per_image\x18\x11 \x01(\x08\x12\x16\n\x0e\x66\x61llback_parts\x18\x12 \x03(\t\x12*\n\tsubmodels\x18\x13 \x03(\x0b\x32\x17.coinfer.v1.SubModelRef\x12/\n\x10\x66orwarded_models\x18\x14 \x03(\x0b\x32\x15.coinfer.v1.ModelInfo\"\x99\x01\n\x0eSplitPointPlan\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65vice_parts\x18\x03 \x03(\t\x12\x0f\n\x07offload\x18\x04 \x01(\x08\x12\x12\n\ncodec_bits\x18\x05 \x01(\x05\x12/\n\x0e\x63odec_compress\x18\x06 \x01(\x0e\x32\x17.coinfer.v1.Compression\"N\n\x0bSubModelRef\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\x0c\n\x04part\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x05\"|\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12&\n\x06inputs\x18\x03 \x03(\x0b\x32\x16.coinfer.v1.TensorSpec\x12\'\n\x07outputs\x18\x04 \x03(\x0b\x32\x16.coinfer.v1.TensorSpec\"9\n\x0fRegisterRequest\x12&\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x16.coinfer.v1.DeviceInfo\"p\n\x10RegisterResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12*\n\nassignment\x18\x02 \x01(\x0b\x32\x16.coinfer.v1.Assignment\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\"\xdc\x02\n\x10HeartbeatRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63pu_percent\x18\x03 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x04 \x01(\x01\x12\x1a\n\rtemperature_c\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cqueue_length\x18\x06 \x01(\x05\x12\x1d\n\x15\x61ssignment_generation\x18\x07 \x01(\x04\x12\x12\n\nparts_held\x18\x08 \x03(\t\x12\x0e\n\x06rtt_ms\x18\x10 \x01(\x01\x12\x1a\n\x12uplink_bytes_per_s\x18\x11 \x01(\x01\x12\x12\n\nin_compute\x18\x12 \x01(\x05\x12\x12\n\nin_offload\x18\x13 \x01(\x05\x12\x16\n\x0erequests_total\x18\x14 \x01(\x04\x12\x17\n\x0fuplink_energy_j\x18\x15 \x01(\x01\x42\x10\n\x0e_temperature_c\"^\n\x11HeartbeatResponse\x12*\n\nassignment\x18\x01 \x01(\x0b\x32\x16.coinfer.v1.Assignment\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x03\"U\n\x10\x46\x65tchPartRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\x05\"q\n\tPartChunk\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x18\n\x10total_size_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\"\x83\x01\n\x0eOffloadRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x13\n\x0bsplit_point\x18\x02 \x01(\x05\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x11\n\tdevice_id\x18\x05 \x01(\t\x12\x10\n\x08payloads\x18\x10 \x03(\x0c\"g\n\x0fOffloadResponse\x12\x0e\n\x06logits\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x10\n\x08\x64\x61tatype\x18\x03 \x01(\t\x12\x0f\n\x07tail_ms\x18\x04 \x01(\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"+\n\x12ListDevicesRequest\x12\x15\n\rinclude_stale\x18\x01 \x01(\x08\"@\n\x13ListDevicesResponse\x12)\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x18.coinfer.v1.DeviceStatus\"\x9a\x02\n\x0c\x44\x65viceStatus\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12$\n\x04info\x18\x02 \x01(\x0b\x32\x16.coinfer.v1.DeviceInfo\x12*\n\nassignment\x18\x03 \x01(\x0b\x32\x16.coinfer.v1.Assignment\x12\x31\n\x0blast_report\x18\x04 \x01(\x0b\x32\x1c.coinfer.v1.HeartbeatRequest\x12\x1f\n\x17seconds_since_heartbeat\x18\x05 \x01(\x01\x12\x0c\n\x04live\x18\x06 \x01(\x08\x12\x10\n\x08offloads\x18\x07 \x01(\x04\x12\x16\n\x0esubmodel_calls\x18\x08 \x01(\x04\x12\x19\n\x11submodel_failures\x18\t \x01(\x04\":\n\tRawTensor\x12\x10\n\x08\x64\x61tatype\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x81\x01\n\x12RunSubModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\x0c\n\x04part\x18\x03 \x01(\t\x12%\n\x06images\x18\x04 \x01(\x0b\x32\x15.coinfer.v1.RawTensor\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"z\n\x13RunSubModelResponse\x12&\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x15.coinfer.v1.RawTensor\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x04 \x01(\t*L\n\x0b\x43ompression\x12\x13\n\x0f\x43OMPRESSION_OFF\x10\x00\x12\x12\n\x0e\x43OMPRESSION_ON\x10\x01\x12\x14\n\x10\x43OMPRESSION_AUTO\x10\x02\x32\x80\x03\n\x0b\x43oordinator\x12G\n\x08Register\x12\x1b.coinfer.v1.RegisterRequest\x1a\x1c.coinfer.v1.RegisterResponse\"\x00\x12J\n\tHeartbeat\x12\x1c.coinfer.v1.HeartbeatRequest\x1a\x1d.coinfer.v1.HeartbeatResponse\"\x00\x12\x44\n\tFetchPart\x12\x1c.coinfer.v1.FetchPartRequest\x1a\x15.coinfer.v1.PartChunk\"\x00\x30\x01\x12\x44\n\x07Offload\x12\x1a.coinfer.v1.OffloadRequest\x1a\x1b.coinfer.v1.OffloadResponse\"\x00\x12P\n\x0bListDevices\x12\x1e.coinfer.v1.ListDevicesRequest\x1a\x1f.coinfer.v1.ListDevicesResponse\"\x00\x32X\n\x04\x45\x64ge\x12P\n\x0bRunSubModel\x12\x1e.coinfer.v1.RunSubModelRequest\x1a\x1f.coinfer.v1.RunSubModelResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coinfer.protos.coinfer_v1_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_COMPRESSION']._serialized_start=3106
+  _globals['_COMPRESSION']._serialized_end=3182
   _globals['_TENSORSPEC']._serialized_start=47
   _globals['_TENSORSPEC']._serialized_end=106
-  _globals['_DEVICEINFO']._serialized_start=108
-  _globals['_DEVICEINFO']._serialized_end=233
-  _globals['_PARTREF']._serialized_start=236
-  _globals['_PARTREF']._serialized_end=427
-  _globals['_ASSIGNMENT']._serialized_start=430
-  _globals['_ASSIGNMENT']._serialized_end=756
-  _globals['_REGISTERREQUEST']._serialized_start=758
-  _globals['_REGISTERREQUEST']._serialized_end=815
-  _globals['_REGISTERRESPONSE']._serialized_start=817
-  _globals['_REGISTERRESPONSE']._serialized_end=929
-  _globals['_HEARTBEATREQUEST']._serialized_start=932
-  _globals['_HEARTBEATREQUEST']._serialized_end=1147
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1149
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1243
-  _globals['_FETCHPARTREQUEST']._serialized_start=1245
-  _globals['_FETCHPARTREQUEST']._serialized_end=1330
-  _globals['_PARTCHUNK']._serialized_start=1332
-  _globals['_PARTCHUNK']._serialized_end=1445
-  _globals['_OFFLOADREQUEST']._serialized_start=1447
-  _globals['_OFFLOADREQUEST']._serialized_end=1560
-  _globals['_OFFLOADRESPONSE']._serialized_start=1562
-  _globals['_OFFLOADRESPONSE']._serialized_end=1665
-  _globals['_COORDINATOR']._serialized_start=1668
-  _globals['_COORDINATOR']._serialized_end=1970
+  _globals['_DEVICEINFO']._serialized_start=109
+  _globals['_DEVICEINFO']._serialized_end=254
+  _globals['_PARTREF']._serialized_start=257
+  _globals['_PARTREF']._serialized_end=448
+  _globals['_ASSIGNMENT']._serialized_start=451
+  _globals['_ASSIGNMENT']._serialized_end=969
+  _globals['_SPLITPOINTPLAN']._serialized_start=972
+  _globals['_SPLITPOINTPLAN']._serialized_end=1125
+  _globals['_SUBMODELREF']._serialized_start=1127
+  _globals['_SUBMODELREF']._serialized_end=1205
+  _globals['_MODELINFO']._serialized_start=1207
+  _globals['_MODELINFO']._serialized_end=1331
+  _globals['_REGISTERREQUEST']._serialized_start=1333
+  _globals['_REGISTERREQUEST']._serialized_end=1390
+  _globals['_REGISTERRESPONSE']._serialized_start=1392
+  _globals['_REGISTERRESPONSE']._serialized_end=1504
+  _globals['_HEARTBEATREQUEST']._serialized_start=1507
+  _globals['_HEARTBEATREQUEST']._serialized_end=1855
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1857
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1951
+  _globals['_FETCHPARTREQUEST']._serialized_start=1953
+  _globals['_FETCHPARTREQUEST']._serialized_end=2038
+  _globals['_PARTCHUNK']._serialized_start=2040
+  _globals['_PARTCHUNK']._serialized_end=2153
+  _globals['_OFFLOADREQUEST']._serialized_start=2156
+  _globals['_OFFLOADREQUEST']._serialized_end=2287
+  _globals['_OFFLOADRESPONSE']._serialized_start=2289
+  _globals['_OFFLOADRESPONSE']._serialized_end=2392
+  _globals['_LISTDEVICESREQUEST']._serialized_start=2394
+  _globals['_LISTDEVICESREQUEST']._serialized_end=2437
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=2439
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=2503
+  _globals['_DEVICESTATUS']._serialized_start=2506
+  _globals['_DEVICESTATUS']._serialized_end=2788
+  _globals['_RAWTENSOR']._serialized_start=2790
+  _globals['_RAWTENSOR']._serialized_end=2848
+  _globals['_RUNSUBMODELREQUEST']._serialized_start=2851
+  _globals['_RUNSUBMODELREQUEST']._serialized_end=2980
+  _globals['_RUNSUBMODELRESPONSE']._serialized_start=2982
+  _globals['_RUNSUBMODELRESPONSE']._serialized_end=3104
+  _globals['_COORDINATOR']._serialized_start=3185
+  _globals['_COORDINATOR']._serialized_end=3569
+  _globals['_EDGE']._serialized_start=3571
+  _globals['_EDGE']._serialized_end=3659
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,20 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COMPRESSION_OFF: _ClassVar[Compression]
+    COMPRESSION_ON: _ClassVar[Compression]
+    COMPRESSION_AUTO: _ClassVar[Compression]
+COMPRESSION_OFF: Compression
+COMPRESSION_ON: Compression
+COMPRESSION_AUTO: Compression
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "datatype", "shape")
@@ -17,20 +27,22 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("name", "address", "platform", "cpu_count", "memory_total_bytes", "profile")
+    __slots__ = ("name", "address", "platform", "cpu_count", "memory_total_bytes", "profile", "distance_m")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_M_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     platform: str
     cpu_count: int
     memory_total_bytes: int
     profile: str
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., platform: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., profile: _Optional[str] = ...) -> None: ...
+    distance_m: float
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., platform: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., profile: _Optional[str] = ..., distance_m: _Optional[float] = ...) -> None: ...
 
 class PartRef(_message.Message):
     __slots__ = ("bundle", "name", "sha256", "size_bytes", "role", "config_json", "inputs", "outputs")
@@ -53,7 +65,7 @@ class PartRef(_message.Message):
     def __init__(self, bundle: _Optional[str] = ..., name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., role: _Optional[str] = ..., config_json: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("generation", "model_name", "bundle", "split_point", "split_point_name", "sub_channel", "power_w", "parts", "codec_bits", "codec_compress", "model_inputs", "model_outputs")
+    __slots__ = ("generation", "model_name", "bundle", "split_point", "split_point_name", "sub_channel", "power_w", "parts", "codec_bits", "codec_compress", "model_inputs", "model_outputs", "split_points", "codec_per_image", "fallback_parts", "submodels", "forwarded_models")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +78,11 @@ class Assignment(_message.Message):
     CODEC_COMPRESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_INPUTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_POINTS_FIELD_NUMBER: _ClassVar[int]
+    CODEC_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_PARTS_FIELD_NUMBER: _ClassVar[int]
+    SUBMODELS_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_MODELS_FIELD_NUMBER: _ClassVar[int]
     generation: int
     model_name: str
     bundle: str
@@ -78,7 +95,52 @@ class Assignment(_message.Message):
     codec_compress: bool
     model_inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     model_outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
-    def __init__(self, generation: _Optional[int] = ..., model_name: _Optional[str] = ..., bundle: _Optional[str] = ..., split_point: _Optional[int] = ..., split_point_name: _Optional[str] = ..., sub_channel: _Optional[int] = ..., power_w: _Optional[float] = ..., parts: _Optional[_Iterable[_Union[PartRef, _Mapping]]] = ..., codec_bits: _Optional[int] = ..., codec_compress: _Optional[bool] = ..., model_inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., model_outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
+    split_points: _containers.RepeatedCompositeFieldContainer[SplitPointPlan]
+    codec_per_image: bool
+    fallback_parts: _containers.RepeatedScalarFieldContainer[str]
+    submodels: _containers.RepeatedCompositeFieldContainer[SubModelRef]
+    forwarded_models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, generation: _Optional[int] = ..., model_name: _Optional[str] = ..., bundle: _Optional[str] = ..., split_point: _Optional[int] = ..., split_point_name: _Optional[str] = ..., sub_channel: _Optional[int] = ..., power_w: _Optional[float] = ..., parts: _Optional[_Iterable[_Union[PartRef, _Mapping]]] = ..., codec_bits: _Optional[int] = ..., codec_compress: _Optional[bool] = ..., model_inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., model_outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., split_points: _Optional[_Iterable[_Union[SplitPointPlan, _Mapping]]] = ..., codec_per_image: _Optional[bool] = ..., fallback_parts: _Optional[_Iterable[str]] = ..., submodels: _Optional[_Iterable[_Union[SubModelRef, _Mapping]]] = ..., forwarded_models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class SplitPointPlan(_message.Message):
+    __slots__ = ("index", "name", "device_parts", "offload", "codec_bits", "codec_compress")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_PARTS_FIELD_NUMBER: _ClassVar[int]
+    OFFLOAD_FIELD_NUMBER: _ClassVar[int]
+    CODEC_BITS_FIELD_NUMBER: _ClassVar[int]
+    CODEC_COMPRESS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    device_parts: _containers.RepeatedScalarFieldContainer[str]
+    offload: bool
+    codec_bits: int
+    codec_compress: Compression
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., device_parts: _Optional[_Iterable[str]] = ..., offload: _Optional[bool] = ..., codec_bits: _Optional[int] = ..., codec_compress: _Optional[_Union[Compression, str]] = ...) -> None: ...
+
+class SubModelRef(_message.Message):
+    __slots__ = ("model_name", "bundle", "part", "index")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    bundle: str
+    part: str
+    index: int
+    def __init__(self, model_name: _Optional[str] = ..., bundle: _Optional[str] = ..., part: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "platform", "inputs", "outputs")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    platform: str
+    inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    def __init__(self, name: _Optional[str] = ..., platform: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("device",)
@@ -97,7 +159,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("device_id", "name", "cpu_percent", "memory_percent", "temperature_c", "queue_length", "assignment_generation", "parts_held")
+    __slots__ = ("device_id", "name", "cpu_percent", "memory_percent", "temperature_c", "queue_length", "assignment_generation", "parts_held", "rtt_ms", "uplink_bytes_per_s", "in_compute", "in_offload", "requests_total", "uplink_energy_j")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +168,12 @@ class HeartbeatRequest(_message.Message):
     QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_GENERATION_FIELD_NUMBER: _ClassVar[int]
     PARTS_HELD_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPLINK_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    IN_COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    IN_OFFLOAD_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    UPLINK_ENERGY_J_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     name: str
     cpu_percent: float
@@ -114,7 +182,13 @@ class HeartbeatRequest(_message.Message):
     queue_length: int
     assignment_generation: int
     parts_held: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., temperature_c: _Optional[float] = ..., queue_length: _Optional[int] = ..., assignment_generation: _Optional[int] = ..., parts_held: _Optional[_Iterable[str]] = ...) -> None: ...
+    rtt_ms: float
+    uplink_bytes_per_s: float
+    in_compute: int
+    in_offload: int
+    requests_total: int
+    uplink_energy_j: float
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., temperature_c: _Optional[float] = ..., queue_length: _Optional[int] = ..., assignment_generation: _Optional[int] = ..., parts_held: _Optional[_Iterable[str]] = ..., rtt_ms: _Optional[float] = ..., uplink_bytes_per_s: _Optional[float] = ..., in_compute: _Optional[int] = ..., in_offload: _Optional[int] = ..., requests_total: _Optional[int] = ..., uplink_energy_j: _Optional[float] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("assignment", "heartbeat_interval_ms")
@@ -153,18 +227,20 @@ class PartChunk(_message.Message):
     def __init__(self, bundle: _Optional[str] = ..., part: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class OffloadRequest(_message.Message):
-    __slots__ = ("model_name", "split_point", "payload", "request_id", "device_id")
+    __slots__ = ("model_name", "split_point", "payload", "request_id", "device_id", "payloads")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     SPLIT_POINT_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     split_point: int
     payload: bytes
     request_id: str
     device_id: str
-    def __init__(self, model_name: _Optional[str] = ..., split_point: _Optional[int] = ..., payload: _Optional[bytes] = ..., request_id: _Optional[str] = ..., device_id: _Optional[str] = ...) -> None: ...
+    payloads: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, model_name: _Optional[str] = ..., split_point: _Optional[int] = ..., payload: _Optional[bytes] = ..., request_id: _Optional[str] = ..., device_id: _Optional[str] = ..., payloads: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class OffloadResponse(_message.Message):
     __slots__ = ("logits", "shape", "datatype", "tail_ms", "request_id")
@@ -179,3 +255,73 @@ class OffloadResponse(_message.Message):
     tail_ms: float
     request_id: str
     def __init__(self, logits: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., datatype: _Optional[str] = ..., tail_ms: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ListDevicesRequest(_message.Message):
+    __slots__ = ("include_stale",)
+    INCLUDE_STALE_FIELD_NUMBER: _ClassVar[int]
+    include_stale: bool
+    def __init__(self, include_stale: _Optional[bool] = ...) -> None: ...
+
+class ListDevicesResponse(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceStatus]
+    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ...) -> None: ...
+
+class DeviceStatus(_message.Message):
+    __slots__ = ("device_id", "info", "assignment", "last_report", "seconds_since_heartbeat", "live", "offloads", "submodel_calls", "submodel_failures")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORT_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_SINCE_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    OFFLOADS_FIELD_NUMBER: _ClassVar[int]
+    SUBMODEL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    SUBMODEL_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    info: DeviceInfo
+    assignment: Assignment
+    last_report: HeartbeatRequest
+    seconds_since_heartbeat: float
+    live: bool
+    offloads: int
+    submodel_calls: int
+    submodel_failures: int
+    def __init__(self, device_id: _Optional[str] = ..., info: _Optional[_Union[DeviceInfo, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., last_report: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., seconds_since_heartbeat: _Optional[float] = ..., live: _Optional[bool] = ..., offloads: _Optional[int] = ..., submodel_calls: _Optional[int] = ..., submodel_failures: _Optional[int] = ...) -> None: ...
+
+class RawTensor(_message.Message):
+    __slots__ = ("datatype", "shape", "data")
+    DATATYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    datatype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RunSubModelRequest(_message.Message):
+    __slots__ = ("model_name", "bundle", "part", "images", "request_id")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    bundle: str
+    part: str
+    images: RawTensor
+    request_id: str
+    def __init__(self, model_name: _Optional[str] = ..., bundle: _Optional[str] = ..., part: _Optional[str] = ..., images: _Optional[_Union[RawTensor, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RunSubModelResponse(_message.Message):
+    __slots__ = ("feature", "compute_ms", "request_id", "device_name")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    feature: RawTensor
+    compute_ms: float
+    request_id: str
+    device_name: str
+    def __init__(self, feature: _Optional[_Union[RawTensor, _Mapping]] = ..., compute_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., device_name: _Optional[str] = ...) -> None: ...

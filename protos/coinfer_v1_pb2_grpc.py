@@ -55,6 +55,11 @@ class CoordinatorStub:
                 request_serializer=coinfer_dot_protos_dot_coinfer__v1__pb2.OffloadRequest.SerializeToString,
                 response_deserializer=coinfer_dot_protos_dot_coinfer__v1__pb2.OffloadResponse.FromString,
                 _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/coinfer.v1.Coordinator/ListDevices',
+                request_serializer=coinfer_dot_protos_dot_coinfer__v1__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=coinfer_dot_protos_dot_coinfer__v1__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -90,6 +95,13 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDevices(self, request, context):
+        """The registered devices with their last load report, assignment and liveness.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +124,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Offload,
                     request_deserializer=coinfer_dot_protos_dot_coinfer__v1__pb2.OffloadRequest.FromString,
                     response_serializer=coinfer_dot_protos_dot_coinfer__v1__pb2.OffloadResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=coinfer_dot_protos_dot_coinfer__v1__pb2.ListDevicesRequest.FromString,
+                    response_serializer=coinfer_dot_protos_dot_coinfer__v1__pb2.ListDevicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +240,110 @@ class Coordinator:
             '/coinfer.v1.Coordinator/Offload',
             coinfer_dot_protos_dot_coinfer__v1__pb2.OffloadRequest.SerializeToString,
             coinfer_dot_protos_dot_coinfer__v1__pb2.OffloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinfer.v1.Coordinator/ListDevices',
+            coinfer_dot_protos_dot_coinfer__v1__pb2.ListDevicesRequest.SerializeToString,
+            coinfer_dot_protos_dot_coinfer__v1__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class EdgeStub:
+    """The edge daemon's internal service, called by the coordinator (same port as its OIP front door).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RunSubModel = channel.unary_unary(
+                '/coinfer.v1.Edge/RunSubModel',
+                request_serializer=coinfer_dot_protos_dot_coinfer__v1__pb2.RunSubModelRequest.SerializeToString,
+                response_deserializer=coinfer_dot_protos_dot_coinfer__v1__pb2.RunSubModelResponse.FromString,
+                _registered_method=True)
+
+
+class EdgeServicer:
+    """The edge daemon's internal service, called by the coordinator (same port as its OIP front door).
+    """
+
+    def RunSubModel(self, request, context):
+        """Runs one DeViT sub-model this device holds on a batch of images; returns its CLS features.
+        FAILED_PRECONDITION when the device does not hold (or has not loaded) that sub-model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EdgeServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RunSubModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunSubModel,
+                    request_deserializer=coinfer_dot_protos_dot_coinfer__v1__pb2.RunSubModelRequest.FromString,
+                    response_serializer=coinfer_dot_protos_dot_coinfer__v1__pb2.RunSubModelResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'coinfer.v1.Edge', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('coinfer.v1.Edge', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Edge:
+    """The edge daemon's internal service, called by the coordinator (same port as its OIP front door).
+    """
+
+    @staticmethod
+    def RunSubModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinfer.v1.Edge/RunSubModel',
+            coinfer_dot_protos_dot_coinfer__v1__pb2.RunSubModelRequest.SerializeToString,
+            coinfer_dot_protos_dot_coinfer__v1__pb2.RunSubModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

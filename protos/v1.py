@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 
 from coinfer.core.bundle import PartSpec, TensorSpec
-from coinfer.core.errors import InvalidInput
+from coinfer.core.errors import InvalidInput, NotFound
 from coinfer.protos import coinfer_v1_pb2 as v1
 
 
@@ -20,11 +20,13 @@ class DeviceInfo:
 
     name: str
     address: str
-    """host:port of the device's OIP front door."""
+    """host:port of the device's OIP front door (and of its Edge service)."""
     platform: str = ""
     cpu_count: int = 0
     memory_total_bytes: int = 0
     profile: str = ""
+    distance_m: float = 0.0
+    """Configured distance to the edge server for the scheduler; 0 = unknown."""
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,76 @@ class LoadReport:
     memory_percent: float
     temperature_c: float | None
     queue_length: int
+    """Requests waiting or running on the device."""
     assignment_generation: int
     parts_held: tuple[str, ...]
-    """Verified parts on the device, as "bundle/part"."""
+    """Verified, loaded parts on the device, as "bundle/part"."""
+    rtt_ms: float = 0.0
+    """Round trip of the previous heartbeat (0 = none yet)."""
+    uplink_bytes_per_s: float = 0.0
+    """Uplink throughput measured on recent offloads (0 = none yet)."""
+    in_compute: int = 0
+    """Requests computing on the device now."""
+    in_offload: int = 0
+    """Requests waiting on an offload now."""
+    requests_total: int = 0
+    """Requests completed since the daemon started."""
+    uplink_energy_j: float = 0.0
+    """Transmit power x upload time summed over every offload so far."""
+
+
+# Compression setting of a point's latent: False, True, or None (only when it helps), as the codec takes it.
+_COMPRESSION_TO_PROTO = {False: v1.COMPRESSION_OFF, True: v1.COMPRESSION_ON, None: v1.COMPRESSION_AUTO}
+_COMPRESSION_FROM_PROTO = {value: key for key, value in _COMPRESSION_TO_PROTO.items()}
+
+
+@dataclass(frozen=True)
+class PointPlan:
+    """What a device does at one split point."""
+
+    index: int
+    name: str
+    device_parts: tuple[str, ...]
+    """Parts of the split bundle run on the image, in order (empty at point 0)."""
+    offload: bool
+    """Whether the result goes to the coordinator (false at the local point)."""
+    codec_bits: int
+    codec_compress: bool | None
+    """Codec zlib stage: on, off, or None = only when it shrinks the payload."""
+
+
+@dataclass(frozen=True)
+class SubModelRef:
+    """A DeViT sub-model a device runs for the coordinator."""
+
+    model_name: str
+    bundle: str
+    part: str
+    index: int
+    """Position of the sub-model in the fusion head's device order."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """OIP metadata of a model."""
+
+    name: str
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class PartRef:
+    """A part file a device must hold: which bundle it comes from, and its manifest entry."""
+
+    bundle: str
+    spec: PartSpec
+
+    @property
+    def key(self) -> str:
+        """"bundle/part", as heartbeats list held parts."""
+        return f"{self.bundle}/{self.spec.name}"
 
 
 @dataclass(frozen=True)
@@ -46,16 +115,38 @@ class Assignment:
 
     generation: int
     model_name: str
+    """The split model served on the device's front door ("" = none)."""
     bundle: str
+    """The split model's bundle."""
     split_point: int
     split_point_name: str
     sub_channel: int
     power_w: float
-    parts: tuple[PartSpec, ...]
+    parts: tuple[PartRef, ...]
     codec_bits: int
     codec_compress: bool
     model_inputs: tuple[TensorSpec, ...]
     model_outputs: tuple[TensorSpec, ...]
+    split_points: tuple[PointPlan, ...] = ()
+    codec_per_image: bool = False
+    fallback_parts: tuple[str, ...] = ()
+    submodels: tuple[SubModelRef, ...] = ()
+    forwarded_models: tuple[ModelInfo, ...] = ()
+
+    def point_plan(self, index: int | None = None) -> PointPlan:
+        """The plan of split point ``index`` (default: the assigned one)."""
+        index = self.split_point if index is None else index
+        for plan in self.split_points:
+            if plan.index == index:
+                return plan
+        valid = ", ".join(str(p.index) for p in self.split_points) or "none"
+        raise NotFound(f"assignment {self.generation} has no split point {index} (points: {valid})")
+
+    def part(self, bundle: str, name: str) -> PartRef:
+        for ref in self.parts:
+            if ref.bundle == bundle and ref.spec.name == name:
+                return ref
+        raise NotFound(f"assignment {self.generation} holds no part {bundle}/{name}")
 
 
 def _tensor_spec_to_proto(spec: TensorSpec) -> v1.TensorSpec:
@@ -99,7 +190,47 @@ def part_ref_from_proto(msg: v1.PartRef) -> PartSpec:
     )
 
 
-def assignment_to_proto(a: Assignment) -> v1.Assignment:
+def _point_to_proto(plan: PointPlan) -> v1.SplitPointPlan:
+    return v1.SplitPointPlan(
+        index=plan.index,
+        name=plan.name,
+        device_parts=list(plan.device_parts),
+        offload=plan.offload,
+        codec_bits=plan.codec_bits,
+        codec_compress=_COMPRESSION_TO_PROTO[plan.codec_compress],
+    )
+
+
+def _point_from_proto(msg: v1.SplitPointPlan) -> PointPlan:
+    return PointPlan(
+        index=msg.index,
+        name=msg.name,
+        device_parts=tuple(msg.device_parts),
+        offload=msg.offload,
+        codec_bits=msg.codec_bits,
+        codec_compress=_COMPRESSION_FROM_PROTO.get(msg.codec_compress, False),
+    )
+
+
+def model_info_to_proto(info: ModelInfo) -> v1.ModelInfo:
+    return v1.ModelInfo(
+        name=info.name,
+        platform=info.platform,
+        inputs=[_tensor_spec_to_proto(t) for t in info.inputs],
+        outputs=[_tensor_spec_to_proto(t) for t in info.outputs],
+    )
+
+
+def model_info_from_proto(msg: v1.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=msg.name,
+        platform=msg.platform,
+        inputs=tuple(_tensor_spec_from_proto(t) for t in msg.inputs),
+        outputs=tuple(_tensor_spec_from_proto(t) for t in msg.outputs),
+    )
+
+
+def assignment_to_proto(a: Assignment, with_parts: bool = True) -> v1.Assignment:
     return v1.Assignment(
         generation=a.generation,
         model_name=a.model_name,
@@ -108,11 +239,18 @@ def assignment_to_proto(a: Assignment) -> v1.Assignment:
         split_point_name=a.split_point_name,
         sub_channel=a.sub_channel,
         power_w=a.power_w,
-        parts=[part_ref_to_proto(a.bundle, p) for p in a.parts],
+        parts=[part_ref_to_proto(p.bundle, p.spec) for p in a.parts] if with_parts else [],
         codec_bits=a.codec_bits,
         codec_compress=a.codec_compress,
         model_inputs=[_tensor_spec_to_proto(t) for t in a.model_inputs],
         model_outputs=[_tensor_spec_to_proto(t) for t in a.model_outputs],
+        split_points=[_point_to_proto(p) for p in a.split_points],
+        codec_per_image=a.codec_per_image,
+        fallback_parts=list(a.fallback_parts),
+        submodels=[
+            v1.SubModelRef(model_name=s.model_name, bundle=s.bundle, part=s.part, index=s.index) for s in a.submodels
+        ],
+        forwarded_models=[model_info_to_proto(m) for m in a.forwarded_models],
     )
 
 
@@ -125,11 +263,16 @@ def assignment_from_proto(msg: v1.Assignment) -> Assignment:
         split_point_name=msg.split_point_name,
         sub_channel=msg.sub_channel,
         power_w=msg.power_w,
-        parts=tuple(part_ref_from_proto(p) for p in msg.parts),
+        parts=tuple(PartRef(p.bundle, part_ref_from_proto(p)) for p in msg.parts),
         codec_bits=msg.codec_bits,
         codec_compress=msg.codec_compress,
         model_inputs=tuple(_tensor_spec_from_proto(t) for t in msg.model_inputs),
         model_outputs=tuple(_tensor_spec_from_proto(t) for t in msg.model_outputs),
+        split_points=tuple(_point_from_proto(p) for p in msg.split_points),
+        codec_per_image=msg.codec_per_image,
+        fallback_parts=tuple(msg.fallback_parts),
+        submodels=tuple(SubModelRef(s.model_name, s.bundle, s.part, s.index) for s in msg.submodels),
+        forwarded_models=tuple(model_info_from_proto(m) for m in msg.forwarded_models),
     )
 
 
@@ -141,6 +284,7 @@ def device_info_to_proto(info: DeviceInfo) -> v1.DeviceInfo:
         cpu_count=info.cpu_count,
         memory_total_bytes=info.memory_total_bytes,
         profile=info.profile,
+        distance_m=info.distance_m,
     )
 
 
@@ -152,6 +296,7 @@ def device_info_from_proto(msg: v1.DeviceInfo) -> DeviceInfo:
         cpu_count=msg.cpu_count,
         memory_total_bytes=msg.memory_total_bytes,
         profile=msg.profile,
+        distance_m=msg.distance_m,
     )
 
 
@@ -164,6 +309,12 @@ def load_report_to_proto(device_id: str, name: str, report: LoadReport) -> v1.He
         queue_length=report.queue_length,
         assignment_generation=report.assignment_generation,
         parts_held=list(report.parts_held),
+        rtt_ms=report.rtt_ms,
+        uplink_bytes_per_s=report.uplink_bytes_per_s,
+        in_compute=report.in_compute,
+        in_offload=report.in_offload,
+        requests_total=report.requests_total,
+        uplink_energy_j=report.uplink_energy_j,
     )
     if report.temperature_c is not None:
         msg.temperature_c = report.temperature_c
@@ -178,4 +329,10 @@ def load_report_from_proto(msg: v1.HeartbeatRequest) -> LoadReport:
         queue_length=msg.queue_length,
         assignment_generation=msg.assignment_generation,
         parts_held=tuple(msg.parts_held),
+        rtt_ms=msg.rtt_ms,
+        uplink_bytes_per_s=msg.uplink_bytes_per_s,
+        in_compute=msg.in_compute,
+        in_offload=msg.in_offload,
+        requests_total=msg.requests_total,
+        uplink_energy_j=msg.uplink_energy_j,
     )

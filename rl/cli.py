@@ -1,9 +1,124 @@
-"""Subcommands of the rl role."""
+"""Subcommands of the rl role: ``coinfer rl train|eval|scenarios`` and ``coinfer simulate``.
+
+Handlers import numpy/torch when they run, so ``coinfer --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+POLICY_HELP = "a policy file or folder (policy.json), or a baseline: local, offload, random, greedy, search"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    pass
+    rl = subparsers.add_parser("rl", help="offloading simulator, MAHPPO training and evaluation")
+    sub = rl.add_subparsers(dest="rl_command", metavar="RL_COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a scheduler (MAHPPO or SB3 PPO) on a scenario")
+    p.add_argument("--scenario", default="mahppo-paper-resnet18", help="built-in scenario name or TOML path")
+    p.add_argument("--algo", choices=("mahppo", "sb3-ppo"), default="mahppo")
+    p.add_argument("--steps", type=int, default=500_000, help="environment steps (rounded up to whole rollouts)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (policy, scalars CSV, learning curve, checkpoints)")
+    p.add_argument("--num-envs", type=int, default=64, help="environments stepped together")
+    p.add_argument("--rollout-steps", type=int, default=4096, help="environment steps per update, over all environments")
+    p.add_argument("--eval-every", type=int, default=25_000, help="evaluate every this many steps")
+    p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (2 pays off only on an idle machine)")
+    p.add_argument("--share-actor", action="store_true", help="mahppo: one actor for all devices (device-id input)")
+    p.add_argument("--beta", type=float, default=None, help="override the scenario's energy weight")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("eval", help="evaluate policies in the scenario's evaluation mode")
+    p.add_argument("--scenario", default="mahppo-paper-resnet18", help="built-in scenario name or TOML path")
+    p.add_argument("--policy", action="append", required=True, help=POLICY_HELP + " (repeat for several)")
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="eval.json", help="JSON report, one entry per policy name")
+    p.set_defaults(handler=_eval)
+
+    p = sub.add_parser("scenarios", help="list the built-in scenarios")
+    p.set_defaults(handler=_scenarios)
+
+    p = subparsers.add_parser("simulate", help="narrate one evaluation episode of a scenario under a policy")
+    p.add_argument("--scenario", default="mahppo-paper-resnet18", help="built-in scenario name or TOML path")
+    p.add_argument("--policy", default="greedy", help=POLICY_HELP)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-slots", type=int, default=None, help="stop after this many slots")
+    p.set_defaults(handler=_simulate)
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.algo == "mahppo":
+        from coinfer.rl.mahppo import MahppoConfig, train_mahppo
+
+        config = MahppoConfig(
+            scenario=args.scenario, total_steps=args.steps, seed=args.seed, num_envs=args.num_envs,
+            rollout_steps=args.rollout_steps, minibatch_size=min(256, args.rollout_steps),
+            eval_every_steps=args.eval_every, share_actor=args.share_actor, beta=args.beta, torch_threads=args.torch_threads,
+        )
+        result = train_mahppo(config, args.out, progress=not args.no_progress)
+    else:
+        from coinfer.core.errors import InvalidInput
+        from coinfer.rl.sb3_ppo import Sb3PpoConfig, train_sb3_ppo
+
+        if args.share_actor or args.beta is not None:
+            raise InvalidInput("--share-actor and --beta apply to --algo mahppo only")
+        config = Sb3PpoConfig(
+            scenario=args.scenario, total_steps=args.steps, seed=args.seed, num_envs=args.num_envs,
+            n_steps=max(args.rollout_steps // args.num_envs, 1), batch_size=min(256, args.rollout_steps), eval_every_steps=args.eval_every,
+            torch_threads=args.torch_threads,
+        )
+        result = train_sb3_ppo(config, args.out, progress=not args.no_progress)
+    print(
+        f"trained {args.algo} for {result.steps} steps in {result.wall_s:.1f} s ({result.steps_per_s:.0f} steps/s); "
+        f"final evaluation reward {result.final_eval_reward:.4f}; policy {result.policy_path}"
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from coinfer.rl.evaluate import evaluate_policy
+    from coinfer.rl.policy import make_policy
+    from coinfer.rl.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    report: dict[str, dict] = {}
+    for ref in args.policy:
+        policy = make_policy(ref, scenario, seed=args.seed)
+        result = evaluate_policy(policy, scenario, episodes=args.episodes, seed=args.seed)
+        key, i = policy.name, 2
+        while key in report:
+            key, i = f"{policy.name}#{i}", i + 1
+        report[key] = {"source": ref, **result.summary()}
+        print(
+            f"{key:12s} reward {result.reward:9.4f}  latency/task {result.latency_per_task_s:.4f} s  "
+            f"energy/task {result.energy_per_task_j:.4f} J  task latency mean {result.task_latency_mean_s:.3f} s "
+            f"p95 {result.task_latency_p95_s:.3f} s  finished {result.finished_tasks:.0f}"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _scenarios(args: argparse.Namespace) -> int:
+    from coinfer.rl.scenario import builtin_scenario_names, load_scenario
+
+    for name in builtin_scenario_names():
+        s = load_scenario(name)
+        print(f"{name:26s} {s.description}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from coinfer.rl.narrate import narrate_episode
+    from coinfer.rl.policy import make_policy
+    from coinfer.rl.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    narrate_episode(scenario, make_policy(args.policy, scenario, seed=args.seed), seed=args.seed, max_slots=args.max_slots)
+    return 0

@@ -1,4 +1,4 @@
-"""Subcommands of the server role."""
+"""Subcommands of the server role: `coinfer serve` (the coordinator) and `coinfer certs init`."""
 
 from __future__ import annotations
 
@@ -13,28 +13,107 @@ DEFAULT_LISTEN = "127.0.0.1:8001"
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
-        help="run the coordinator: Open Inference Protocol front door + device registry + split tails",
-        description="Serve a split bundle: devices register, fetch their parts and offload features; "
-        "clients may also call the model here directly (Open Inference Protocol).",
+        help="run the coordinator: Open Inference Protocol front door, device registry, split tails, DeViT fusion, scheduler",
+        description="Serve split and DeViT bundles: devices register, fetch their parts, run heads and sub-models, "
+        "and offload features here; the scheduler (--policy) decides every device's split point, sub-channel and "
+        "power each slot. Clients call models here or on any device (Open Inference Protocol).",
     )
-    p.add_argument("--bundle", type=Path, required=True, help="split bundle directory (manifest.json + parts)")
-    add_server_args(p, DEFAULT_LISTEN)
-    p.add_argument("--heartbeat-s", type=float, default=2.0, help="heartbeat interval asked of devices (default 2 s)")
+    p.add_argument("--bundle", type=Path, action="append", required=True, help="bundle directory to serve (repeat for several; one split bundle at most)")
+    add_server_args(p, DEFAULT_LISTEN, default_workers=32)
+    p.add_argument("--heartbeat-s", type=float, default=2.0, help="heartbeat interval asked of devices (default 2 s; a scheduler shortens it to its slot)")
+    p.add_argument("--device-timeout-s", type=float, default=0.0, help="a device silent this long is gone (default max(10 s, 5 heartbeats))")
+    sched = p.add_argument_group("scheduler")
+    sched.add_argument("--policy", help="MAHPPO policy file (policy.json) or baseline: local, offload, random, greedy, search (default: none, a fixed split point)")
+    sched.add_argument("--scenario", help="scenario name or TOML file the policy acts on (default: the policy's own, or mahppo-paper-<backbone>)")
+    sched.add_argument("--slot-ms", type=float, default=0.0, help="decision slot in milliseconds (default: the scenario's slot)")
+    sched.add_argument("--split-point", type=int, help="split point of every device when no --policy is given (default: the bundle's)")
+    sched.add_argument("--decision-log", type=Path, help="append every slot's observation and decisions here (JSON lines)")
+    sched.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    devit = p.add_argument_group("DeViT fan-out")
+    devit.add_argument("--devit-timeout-ms", type=float, default=2000.0, help="longest a fan-out waits for sub-model features (default 2000 ms)")
+    devit.add_argument("--min-devices", type=int, default=0, help="fewest sub-model features to answer with (default: half, rounded up)")
+    p.add_argument("--no-fallback", action="store_true", help="do not ship the whole split model to devices for answering alone")
+    p.add_argument("--edge-ca", type=Path, help="PEM CA to verify TLS edge daemons (with --tls-cert/--tls-key: mutual TLS)")
     p.set_defaults(handler=_serve)
+
+    c = subparsers.add_parser("certs", help="make TLS certificates for a deployment", description="Certificates for TLS and mutual TLS.")
+    certs = c.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
+    init = certs.add_parser(
+        "init",
+        help="create a CA, a daemon certificate and a client certificate in DIR",
+        description="Create ca.pem/ca.key, server.pem/server.key (coordinator and edges; server and client use) and "
+        "client.pem/client.key in DIR.",
+    )
+    init.add_argument("dir", type=Path, help="folder for the PEM files")
+    init.add_argument("--host", action="append", default=[], help="extra host name or IP address the daemons are reached at (repeat)")
+    init.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    init.add_argument("--overwrite", action="store_true", help="replace existing files")
+    init.set_defaults(handler=_certs_init)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from coinfer.core.errors import InvalidInput
-    from coinfer.protos.cli_options import server_options_from_args, set_torch_threads, write_port_file
+    from coinfer.protos.cli_options import read_token, server_options_from_args, set_torch_threads, write_port_file
+    from coinfer.protos.security import ClientSecurity
     from coinfer.protos.serving import run_until_signal
     from coinfer.server.coordinator import CoordinatorConfig
+    from coinfer.server.devit_service import DeViTServeConfig
+    from coinfer.server.scheduler import SchedulerConfig
     from coinfer.server.serve import start_coordinator
 
-    if args.heartbeat_s <= 0:
-        raise InvalidInput(f"--heartbeat-s must be positive, got {args.heartbeat_s}")
+    for flag, value in (("--heartbeat-s", args.heartbeat_s), ("--devit-timeout-ms", args.devit_timeout_ms)):
+        if value <= 0:
+            raise InvalidInput(f"{flag} must be positive, got {value}")
+    if args.slot_ms < 0 or args.device_timeout_s < 0 or args.min_devices < 0:
+        raise InvalidInput("--slot-ms, --device-timeout-s and --min-devices must not be negative")
+    if args.policy is None and (args.scenario or args.slot_ms or args.decision_log):
+        raise InvalidInput("--scenario, --slot-ms and --decision-log need a --policy")
+    if args.policy is not None and args.split_point is not None:
+        raise InvalidInput("--split-point fixes every device's point when no --policy decides; give one or the other")
     set_torch_threads(args.threads)
-    config = CoordinatorConfig(heartbeat_interval_s=args.heartbeat_s, device_timeout_s=max(10.0, 5 * args.heartbeat_s))
-    server = start_coordinator(args.bundle, server_options_from_args(args), config)
-    print(f"coordinator serving {server.coordinator.deployment.model_name!r} on {server.address}", flush=True)
+    options = server_options_from_args(args)
+    config = CoordinatorConfig(
+        heartbeat_interval_s=args.heartbeat_s,
+        device_timeout_s=args.device_timeout_s or max(10.0, 5 * args.heartbeat_s),
+        split_point=args.split_point,
+        device_fallback=not args.no_fallback,
+    )
+    scheduler = None
+    if args.policy is not None:
+        scheduler = SchedulerConfig(
+            policy=args.policy,
+            scenario=args.scenario,
+            slot_s=args.slot_ms / 1e3 if args.slot_ms else None,
+            decision_log=args.decision_log,
+            seed=args.seed,
+        )
+    mutual = args.edge_ca is not None and args.tls_cert is not None
+    edge_security = ClientSecurity(
+        ca_file=args.edge_ca,
+        cert_file=args.tls_cert if mutual else None,
+        key_file=args.tls_key if mutual else None,
+        token=read_token(args.token_file),
+    )
+    server = start_coordinator(
+        args.bundle,
+        options,
+        config,
+        scheduler=scheduler,
+        devit=DeViTServeConfig(timeout_s=args.devit_timeout_ms / 1e3, min_devices=args.min_devices),
+        edge_security=edge_security,
+        metrics_port=args.metrics_port,
+    )
+    models = ", ".join(repr(n) for n in server.coordinator.catalog.model_names())
+    print(f"coordinator serving {models} on {server.address}", flush=True)
     write_port_file(args.port_file, server.address)
-    return run_until_signal(server.running)
+    return run_until_signal(server.running, on_stop=server.shutdown_helpers)
+
+
+def _certs_init(args: argparse.Namespace) -> int:
+    from coinfer.server.certs import init_certs
+
+    paths = init_certs(args.dir, args.host, days=args.days, overwrite=args.overwrite)
+    print(f"wrote a CA, a daemon certificate and a client certificate to {paths.directory}")
+    for path in (paths.ca_cert, paths.server_cert, paths.server_key, paths.client_cert, paths.client_key):
+        print(f"  {path}")
+    return 0

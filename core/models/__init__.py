@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from coinfer.core.errors import InvalidInput, NotFound
+from coinfer.core.models.autoencoders import BOTTLENECK_ARCHS
 from coinfer.core.models.cnn import CNNConfig
 from coinfer.core.models.macs import count_macs
 from coinfer.core.models.mobilenetv2 import MobileNetV2
@@ -41,8 +42,10 @@ def build_model(config: Mapping[str, Any]) -> SplittableModel:
     if "arch" not in config:
         raise InvalidInput(f"a model config needs an 'arch' key (one of {', '.join(ARCHS)})")
     arch = config["arch"]
+    if arch in BOTTLENECK_ARCHS:  # split-point encoders/decoders, rebuilt from bundles
+        return BOTTLENECK_ARCHS[arch].from_config_dict(config)  # type: ignore[return-value]
     if arch not in ARCHS:
-        raise NotFound(f"unknown model arch {arch!r}; valid: {', '.join(ARCHS)}")
+        raise NotFound(f"unknown model arch {arch!r}; valid: {', '.join([*ARCHS, *BOTTLENECK_ARCHS])}")
     return ARCHS[arch].from_config_dict(config)
 
 

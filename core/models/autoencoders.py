@@ -7,8 +7,11 @@ server before the tail), built separately so a bundle can ship each to its own s
   ``latent_channels`` and one 1x1 convolution back; quantisation is applied afterwards.
 * ``"ours"``: a small convolutional encoder/decoder with BatchNorm and GELU. It may halve the
   latent's spatial size (``stride=2``) so narrow early layers can still trade channels for
-  resolution, and it is trained with the codec's quantiser in the loop (see
-  :func:`fake_quantise`), so its decoder has seen the rounding it will get on the wire.
+  resolution; a sigmoid bounds the latent to (0, 1), so the codec's per-message min-max range
+  is stable and starts at zero and every code level is used even at 2 bits (without it, 2-bit
+  accuracy at ResNet18's first point on Fashion-MNIST fell from 86% to 38%); and it is trained
+  with the codec's quantiser in the loop (see :func:`fake_quantise`), so its decoder has seen
+  the rounding it will get on the wire.
 
 Both take CNN feature maps (``layout="map"``, B x C x H x W) or ViT tokens (``layout="tokens"``,
 B x T x C, compressed token by token between blocks).
@@ -151,10 +154,12 @@ class BottleneckEncoder(_BottleneckPart):
             body = nn.Sequential(
                 *_conv_bn_gelu(cfg.channels, cfg.hidden, 3, cfg.stride),
                 nn.Conv2d(cfg.hidden, cfg.latent_channels, 1),
+                nn.Sigmoid(),
             )
         else:
             # Tokens have no neighbourhood here: a per-token two-layer network (1x1 convs).
-            body = nn.Sequential(*_conv_bn_gelu(cfg.channels, cfg.hidden, 1), nn.Conv2d(cfg.hidden, cfg.latent_channels, 1))
+            body = nn.Sequential(*_conv_bn_gelu(cfg.channels, cfg.hidden, 1), nn.Conv2d(cfg.hidden, cfg.latent_channels, 1),
+                                 nn.Sigmoid())
         self.body = _Tokens(body) if cfg.layout == "tokens" else body
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
@@ -210,6 +215,13 @@ class Bottleneck(nn.Module):
         if bits:
             latent = fake_quantise(latent, bits)
         return self.decoder(latent)
+
+
+BOTTLENECK_ARCHS: dict[str, type[_BottleneckPart]] = {
+    BottleneckEncoder.arch: BottleneckEncoder,
+    BottleneckDecoder.arch: BottleneckDecoder,
+}
+"""Registry entries ``build_model`` also accepts: the two halves of a bottleneck."""
 
 
 def fake_quantise(latent: torch.Tensor, bits: int) -> torch.Tensor:

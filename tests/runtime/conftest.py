@@ -49,3 +49,37 @@ def digits_test():
     from coinfer.core.data import load_dataset
 
     return load_dataset("digits", seed=0).test
+
+
+# Untrained bundles of the runtime's two model kinds: the tests compare the runtime with the
+# same modules run in this process, so weights only need to be fixed, not good.
+
+
+@pytest.fixture(scope="session")
+def split_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """A multi-point (coinfer.split/1) bundle: resnet18 x0.25 with a bottleneck at points 1..4."""
+    from coinfer.server.runtime_bundles import SplitBundleConfig, build_split_bundle
+
+    return build_split_bundle(tmp_path_factory.mktemp("split") / "split-bundle", SplitBundleConfig(model_name="digits-split"))
+
+
+@pytest.fixture(scope="session")
+def devit_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """A DeViT bundle: 4 tiny sub-models and a fusion head."""
+    from coinfer.server.runtime_bundles import DeViTBundleConfig, build_devit_bundle
+
+    return build_devit_bundle(tmp_path_factory.mktemp("devit") / "digits-devit", DeViTBundleConfig(num_devices=4))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """f() -> a TCP port nobody listens on right now (metrics endpoints take a fixed port)."""
+    return _free_port

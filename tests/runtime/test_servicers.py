@@ -62,14 +62,16 @@ def test_register_and_heartbeat(stub, coordinator, skeleton_bundle) -> None:
     assert _code(stub.Register, v1.RegisterRequest(device=v1.DeviceInfo(address="x:1")))[0] == grpc.StatusCode.INVALID_ARGUMENT
     first = stub.Register(_device("dev-a"), timeout=DEADLINE_S)
     second = stub.Register(_device("dev-b"), timeout=DEADLINE_S)
-    head = skeleton_bundle.part("head")
+    head, tail = skeleton_bundle.part("head"), skeleton_bundle.part("tail")
     a = first.assignment
     assert a.split_point == skeleton_bundle.metadata["split_point"] and a.codec_bits == 8
-    assert [(p.name, p.sha256, p.size_bytes) for p in a.parts] == [("head", head.sha256, head.size_bytes)]
+    # The head for the split point, and the tail too so that the device can answer alone.
+    assert [(p.name, p.sha256, p.size_bytes) for p in a.parts] == [("head", head.sha256, head.size_bytes), ("tail", tail.sha256, tail.size_bytes)]
+    assert [list(p.device_parts) for p in a.split_points] == [["head"]] and list(a.fallback_parts) == ["head", "tail"]
     assert {first.assignment.sub_channel, second.assignment.sub_channel} == {0, 1}
     assert first.heartbeat_interval_ms == 200
     code, details = _code(stub.Heartbeat, v1.HeartbeatRequest(device_id="nobody"))
-    assert code == grpc.StatusCode.NOT_FOUND and "register again" in details
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "register again" in details
     beat = v1.HeartbeatRequest(device_id=first.device_id, name="dev-a", cpu_percent=12.5, queue_length=3)
     beat.temperature_c = 41.0
     assert stub.Heartbeat(beat, timeout=DEADLINE_S).assignment.generation == a.generation
@@ -117,6 +119,14 @@ def test_offload_runs_the_tail_and_refuses_bad_features(stub, skeleton_bundle, m
             grpc.StatusCode.FAILED_PRECONDITION,
         ),
         "model": (v1.OffloadRequest(model_name="other", split_point=point, payload=to_bytes(encode(feature))), grpc.StatusCode.NOT_FOUND),
+        "nan": (
+            v1.OffloadRequest(model_name=model_name, split_point=point, payload=to_bytes(encode(np.where(feature > 0, np.nan, feature)))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "scalars": (
+            v1.OffloadRequest(model_name=model_name, split_point=point, payloads=[to_bytes(encode(np.float32(1.0)))] * 2),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     }
     for case, (request, want) in cases.items():
         code, details = _code(stub.Offload, request)
@@ -158,10 +168,11 @@ def test_edge_in_process_lifecycle(skeleton_bundle, model_name, digits_test, tmp
             devices = coordinator.coordinator.devices()
             assert [d.info.name for d in devices] == ["e-1"] and devices[0].offloads == 1
             assert devices[0].info.address == edge.address
-            # Coordinator gone: the edge answers UNAVAILABLE (retryable), with the reason.
+            # Coordinator gone: the edge answers alone with the whole model, and says why.
             coordinator.stop()
-            code, details = _code(client.stub.ModelInfer, build_infer_request(model_name, {"image": digits_test.x[:1]}))
-            assert code == grpc.StatusCode.UNAVAILABLE and "Offload" in details
+            alone = client.infer(model_name, {"image": digits_test.x[:3]})
+            assert alone.parameters["fallback"] is True and "Offload" in alone.parameters["fallback_reason"]
+            np.testing.assert_allclose(alone.outputs["logits"], coordinator.coordinator.deployment.run_local(digits_test.x[:3]), atol=1e-4)
     finally:
         edge.stop()
         coordinator.stop()

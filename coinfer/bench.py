@@ -1,0 +1,99 @@
+"""`coinfer bench`: run every benchmark part and write one JSON per part plus REPORT.md.
+
+Each part is a function ``run_benchmark(out_dir: Path, quick: bool) -> dict`` in its own role's
+module; its dict carries a ``targets`` list of rows ``{name, ours, target, anchor, met}`` that the
+report renders side by side. A part that fails is recorded as failed and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import platform
+import time
+import traceback
+from pathlib import Path
+
+# name -> module with run_benchmark(out_dir, quick) (rl's is called run_benchmarks).
+PARTS: dict[str, str] = {
+    "dekd": "coinfer.server.dekd.bench",
+    "split": "coinfer.server.split.bench",
+    "rl": "coinfer.rl.bench",
+    "runtime": "coinfer.server.runtime_bench",
+    "reliability": "coinfer.server.reliability_bench",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bench", help="run the benchmarks and write runs/bench/REPORT.md")
+    p.add_argument("--out", default="runs/bench", help="folder for the JSON files, plots and REPORT.md")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma list of parts to run (from: {', '.join(PARTS)})")
+    p.add_argument("--quick", action="store_true", help="small settings: checks the benchmarks run, figures are not the targets'")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from coinfer.core.errors import InvalidInput
+
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise InvalidInput(f"unknown benchmark part(s) {unknown}; choose from {', '.join(PARTS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    for name in parts:
+        print(f"== benchmark {name} ==", flush=True)
+        started = time.perf_counter()
+        try:
+            module = importlib.import_module(PARTS[name])
+            runner = getattr(module, "run_benchmark", None) or getattr(module, "run_benchmarks")
+            result = runner(out / name, quick=args.quick)
+            status = "ok"
+        except Exception as exc:  # one broken part must not hide the others' figures
+            traceback.print_exc()
+            result, status = {"error": f"{type(exc).__name__}: {exc}"}, "failed"
+        result = dict(result)
+        result.setdefault("status", status)
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        results[name] = result
+    (out / "REPORT.md").write_text(render_report(results, quick=args.quick))
+    print(f"wrote {out / 'REPORT.md'}")
+    return 0 if all(r.get("status") == "ok" for r in results.values()) else 1
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def render_report(results: dict[str, dict], quick: bool) -> str:
+    """Markdown: per part, each figure beside its target and the anchor's figure."""
+    lines = [
+        "# coinfer benchmark report",
+        "",
+        f"Run {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} on {platform.node()} "
+        f"({platform.machine()}, {platform.processor() or 'unknown CPU'}, Python {platform.python_version()})"
+        + (" — QUICK settings: figures are not comparable with the targets." if quick else "."),
+        "",
+    ]
+    for name, result in results.items():
+        lines += [f"## {name}", ""]
+        if result.get("status") != "ok":
+            lines += [f"**failed**: {result.get('error', 'unknown error')}", ""]
+            continue
+        rows = result.get("targets", [])
+        if rows:
+            lines += ["| figure | ours | target | anchor | met |", "| --- | --- | --- | --- | --- |"]
+            for row in rows:
+                met = row.get("met")
+                lines.append(
+                    f"| {row.get('name', '')} | {_fmt(row.get('ours'))} | {_fmt(row.get('target'))} | "
+                    f"{_fmt(row.get('anchor'))} | {'yes' if met else ('no' if met is not None else '')} |"
+                )
+        lines += ["", f"Wall time: {result.get('wall_s', '?')} s. Full figures: `{name}.json`.", ""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,383 @@
+"""``make bench`` for the rl role: every figure of the issue's targets beside its target and anchor.
+
+Sections, each written to ``out_dir`` as JSON (``bench.json``) and PNG plots:
+
+1. conformance - the paper simulator's reference figures (ANCHORS.md) from fixed policies;
+2. simulator speed - one environment alone against the batched form (target >= 10x per step);
+3. schedulers - MAHPPO against every baseline (local, offload, random, greedy, search, sb3-ppo)
+   on ``mahppo-paper-resnet18``, ``edge-server`` and ``dense``, mean and spread over 3 seeds, with
+   learning curves and MAHPPO's training time (target: 500k steps in <= 15 min on 2 cores);
+4. sweeps - latency and energy per task against ``local`` over 1..10 devices and over beta, with
+   the paper's claims (56 % latency, 72 % energy) marked.
+
+Finished training runs are kept under ``out_dir/runs`` and reused, so an interrupted bench resumes.
+``quick`` shrinks every budget to a smoke run (minutes); the figures then say nothing about quality.
+
+    python -m coinfer.rl.bench --out runs/bench/rl [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+PAPER_FIGURES = {  # ANCHORS.md, MAHPPO: fixed policies in the paper simulator's evaluation mode (ResNet18)
+    "all local": (5, 0.1, 0.0475, 0.0984),
+    "point 3, 0.1 W, UE i on sub-channel i mod 2": (3, 0.1, 0.0700, 0.0771),
+    "point 1, 0.1 W, UE i on sub-channel i mod 2": (1, 0.1, 0.1775, 0.0247),
+}
+PAPER_STEPS_PER_S = 180.0  # the paper's code, one CPU core (ANCHORS.md)
+PAPER_LATENCY_CLAIM, PAPER_ENERGY_CLAIM = 0.56, 0.72
+SCHEDULER_SCENARIOS = ("mahppo-paper-resnet18", "edge-server", "dense")
+BASELINES = ("local", "offload", "random", "greedy", "search")
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much each part of the bench trains."""
+
+    train_steps: int
+    """Steps per MAHPPO / sb3-ppo run in the scheduler comparison."""
+    sweep_steps: int
+    """Steps per MAHPPO run in the sweeps."""
+    eval_every_steps: int
+    """Learning-curve resolution."""
+    speed_steps: int
+    """Environment steps timed in the simulator-speed section."""
+    sweep_devices: tuple[int, ...]
+    """Device counts of the device sweep."""
+    sweep_betas: tuple[float, ...]
+    """Energy weights of the beta sweep."""
+    search_options: tuple[tuple[str, int], ...] = ()
+    """Options of the ``search`` baseline (power levels, starts, rounds); empty: its defaults."""
+
+
+FULL = Budget(500_000, 150_000, 25_000, 2_000, tuple(range(1, 11)), (0.1, 0.3, 1.0, 3.0, 10.0))
+QUICK = Budget(4_096, 2_048, 2_048, 200, (1, 3, 5), (0.3, 3.0), (("power_levels", 4), ("starts", 2), ("max_rounds", 2)))
+
+
+class Targets:
+    """Figures beside their targets and anchors: printed as they come, kept as rows for the report."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def add(self, name: str, ours: str, target: str, anchor: str, met: bool | None = None) -> None:
+        mark = "" if met is None else ("  [met]" if met else "  [NOT met]")
+        print(f"  {name:<58s} ours {ours:<24s} target {target:<22s} anchor {anchor}{mark}", flush=True)
+        self.rows.append({"name": name, "ours": ours, "target": target, "anchor": anchor, "met": met})
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Conformance
+
+
+def bench_conformance(targets: Targets) -> dict:
+    from coinfer.rl.scenario import load_scenario
+    from coinfer.rl.sim.core import Simulator
+
+    print("[conformance] mahppo-paper-resnet18, evaluation mode (5 UEs at 50 m, 200 tasks each)")
+    scenario = load_scenario("mahppo-paper-resnet18")
+    N, K = scenario.num_devices, scenario.num_subchannels
+    rows = {}
+    for name, (point, power_w, latency_s, energy_j) in PAPER_FIGURES.items():
+        sim = Simulator(scenario, num_envs=1, mode="eval")
+        while True:
+            out = sim.step(np.full((1, N), point), (np.arange(N) % K)[None], np.full((1, N), power_w))
+            if out.terminated[0] or out.truncated[0]:
+                break
+        m = sim.episode_metrics(0)
+        err_t, err_e = m.latency_per_task_s / latency_s - 1, m.energy_per_task_j / energy_j - 1
+        rows[name] = {"latency_per_task_s": m.latency_per_task_s, "energy_per_task_j": m.energy_per_task_j, "paper_latency_s": latency_s,
+                      "paper_energy_j": energy_j, "latency_error": err_t, "energy_error": err_e, "pass": abs(err_t) <= 0.01 and abs(err_e) <= 0.01}
+        targets.add(f"{name}: s/task", f"{m.latency_per_task_s:.4f} ({err_t:+.2%})", "within 1%", f"{latency_s:.4f} (paper sim)", abs(err_t) <= 0.01)
+        targets.add(f"{name}: J/task", f"{m.energy_per_task_j:.4f} ({err_e:+.2%})", "within 1%", f"{energy_j:.4f} (paper sim)", abs(err_e) <= 0.01)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Simulator speed
+
+
+def bench_speed(budget: Budget, targets: Targets, num_envs: int = 256) -> dict:
+    from coinfer.rl.scenario import load_scenario
+    from coinfer.rl.sim.core import Simulator
+
+    print("[speed] simulator steps per second, random actions on mahppo-paper-resnet18 (shared 2-core machine: noisy)")
+    scenario = load_scenario("mahppo-paper-resnet18")
+
+    def steps_per_s(E: int, steps: int) -> float:
+        sim = Simulator(scenario, num_envs=E, mode="train", seed=0)
+        rng = np.random.default_rng(0)
+        N, P, K = scenario.num_devices, scenario.num_points, scenario.num_subchannels
+        start = time.perf_counter()
+        for _ in range(max(steps // E, 3)):
+            out = sim.step(rng.integers(0, P, (E, N)), rng.integers(0, K, (E, N)), rng.uniform(1e-10, 1.0, (E, N)))
+            sim.reset(np.flatnonzero(out.terminated | out.truncated))
+        return max(steps // E, 3) * E / (time.perf_counter() - start)
+
+    single = steps_per_s(1, budget.speed_steps // 4)
+    batched = steps_per_s(num_envs, budget.speed_steps * 8)
+    ratio = batched / single
+    targets.add("one environment alone, steps/s", f"{single:.0f}", "-", f"~{PAPER_STEPS_PER_S:.0f} (paper code, 1 core)")
+    targets.add(f"batched ({num_envs} environments), env steps/s", f"{batched:.0f}", "-", "-")
+    targets.add("batched / alone, per env step", f"{ratio:.1f}x", ">= 10x", "-", ratio >= 10)
+    return {"single_steps_per_s": single, "batched_steps_per_s": batched, "num_envs": num_envs, "speedup": ratio, "pass": ratio >= 10}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Schedulers
+
+
+def _train_cached(algo: str, scenario: str, seed: int, steps: int, eval_every: int, out: Path, **overrides) -> dict:
+    """Train once (or reuse ``out/result.json``); the run's record: timing, curve, final evaluation.
+
+    Several bench processes may share ``out_dir``: a lock file makes each run train only once.
+    """
+    done = out / "result.json"
+    out.mkdir(parents=True, exist_ok=True)
+    while not done.exists():
+        if not _take_lock(out / "running.lock"):  # another bench process is training this run
+            time.sleep(20)
+            continue
+        try:
+            _train_run(algo, scenario, seed, steps, eval_every, out, overrides)
+        finally:
+            (out / "running.lock").unlink(missing_ok=True)
+    return json.loads(done.read_text())
+
+
+def _take_lock(lock: Path) -> bool:
+    """Create ``lock`` holding our pid; False while a live process holds it (a dead one's is taken over)."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text().strip() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError, FileNotFoundError):
+            lock.unlink(missing_ok=True)
+            return _take_lock(lock)
+        except PermissionError:
+            return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def _train_run(algo: str, scenario: str, seed: int, steps: int, eval_every: int, out: Path, overrides: dict) -> None:
+    from coinfer.rl.evaluate import evaluate_policy
+    from coinfer.rl.mahppo import MahppoConfig, train_mahppo
+    from coinfer.rl.policy import load_policy
+    from coinfer.rl.sb3_ppo import Sb3PpoConfig, train_sb3_ppo
+
+    done = out / "result.json"
+    if algo == "mahppo":
+        config = MahppoConfig(scenario=scenario, total_steps=steps, seed=seed, eval_every_steps=eval_every, **overrides)
+        result = train_mahppo(config, out)
+        target = config.build_scenario()
+    else:
+        result = train_sb3_ppo(Sb3PpoConfig(scenario=scenario, total_steps=steps, seed=seed, eval_every_steps=eval_every), out)
+        target = scenario
+    final = evaluate_policy(load_policy(result.policy_path, target), target).summary()
+    best = max((p.eval_reward for p in result.curve), default=float("nan"))
+    record = {"algo": algo, "scenario": scenario, "overrides": overrides, "seed": seed, "steps": result.steps, "wall_s": result.wall_s,
+              "best_curve_eval_reward": best, "cpu_s": result.cpu_s,
+              "steps_per_s": result.steps_per_s, "curve": [asdict(p) for p in result.curve], "eval": final, "policy": str(result.policy_path)}
+    done.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _baselines_cached(scenario, out: Path, search_options: dict) -> dict:
+    from coinfer.rl.evaluate import evaluate_policy
+    from coinfer.rl.policy import make_policy
+
+    path = out / "baselines.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    stochastic = scenario.network.channel_model != "path-loss" or scenario.tasks.arrivals != "batch"
+    episodes = 5 if stochastic else 1
+    results = {}
+    for name in BASELINES:
+        start = time.perf_counter()
+        policy = make_policy(name, scenario, seed=0, **(search_options if name == "search" else {}))
+        results[name] = {**evaluate_policy(policy, scenario, episodes=episodes).summary(), "make_s": time.perf_counter() - start}
+        if name == "search":
+            results[name]["action"] = policy.action.to_dict()  # type: ignore[attr-defined]
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _spread(values: list[float]) -> dict:
+    a = np.array(values, dtype=float)
+    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max()), "runs": [float(v) for v in a]}
+
+
+def bench_schedulers(budget: Budget, out_dir: Path, targets: Targets) -> dict:
+    from coinfer.rl.plots import plot_learning_curve
+    from coinfer.rl.scenario import load_scenario
+
+    report = {}
+    for name in SCHEDULER_SCENARIOS:
+        scenario = load_scenario(name)
+        print(f"[schedulers] {name}: baselines, then MAHPPO and sb3-ppo x {len(SEEDS)} seeds x {budget.train_steps} steps")
+        base = _baselines_cached(scenario, out_dir / "runs" / name, dict(budget.search_options))
+        runs = {algo: [_train_cached(algo, name, s, budget.train_steps, budget.eval_every_steps, out_dir / "runs" / name / f"{algo}-seed{s}") for s in SEEDS]
+                for algo in ("mahppo", "sb3-ppo")}
+        mahppo = _spread([r["eval"]["reward"] for r in runs["mahppo"]])
+        sb3 = _spread([r["eval"]["reward"] for r in runs["sb3-ppo"]])
+        rivals = {b: base[b]["reward"] for b in BASELINES} | {"sb3-ppo": sb3["mean"]}
+        best_rival = max(rivals, key=rivals.get)
+        wins = mahppo["mean"] > rivals[best_rival]
+        for b in BASELINES:
+            r = base[b]
+            targets.add(f"{name}: {b} reward (s/task, J/task)", f"{r['reward']:.3f}", "< MAHPPO",
+                        f"{r['latency_per_task_s']:.4f} s, {r['energy_per_task_j']:.4f} J", r["reward"] < mahppo["mean"])
+        targets.add(f"{name}: sb3-ppo reward, mean [min, max] of {len(SEEDS)}", f"{sb3['mean']:.3f} [{sb3['min']:.3f}, {sb3['max']:.3f}]",
+                    "< MAHPPO", "-", sb3["mean"] < mahppo["mean"])
+        targets.add(f"{name}: MAHPPO reward, mean [min, max] of {len(SEEDS)}", f"{mahppo['mean']:.3f} [{mahppo['min']:.3f}, {mahppo['max']:.3f}]",
+                    f"> {rivals[best_rival]:.3f} ({best_rival})", "-", bool(wins))
+        best = _spread([r["best_curve_eval_reward"] for r in runs["mahppo"]])
+        targets.add(f"{name}: MAHPPO best evaluation along the curve (not the final policy)", f"{best['mean']:.3f} [{best['min']:.3f}, {best['max']:.3f}]",
+                    "-", "-")
+        walls = [r["wall_s"] * 500_000 / r["steps"] for r in runs["mahppo"]]
+        targets.add(f"{name}: MAHPPO wall time for 500k steps (incl. evaluations)", f"{np.mean(walls) / 60:.1f} min", "<= 15 min (2 cores)",
+                    f"~{500_000 / PAPER_STEPS_PER_S / 60:.0f} min (paper code, 1 core)", float(np.mean(walls)) <= 900)
+        cpus = [r.get("cpu_s", float("nan")) * 500_000 / r["steps"] for r in runs["mahppo"]]
+        targets.add(f"{name}: MAHPPO CPU time for 500k steps (1 thread: its wall time on an idle core)", f"{np.mean(cpus) / 60:.1f} min",
+                    "<= 15 min (2 cores)", f"~{500_000 / PAPER_STEPS_PER_S / 60:.0f} min (paper code, 1 core)",
+                    bool(np.mean(cpus) <= 900) if np.isfinite(np.mean(cpus)) else None)
+        curves = {algo: [[(p["step"], p["eval_reward"]) for p in r["curve"]] for r in rs] for algo, rs in runs.items()}
+        plot = out_dir / f"learning_curves_{name}.png"
+        plot_learning_curve(curves, plot, title=f"{name}: evaluation reward (shared 2-core machine)",
+                            baselines={b: base[b]["reward"] for b in ("local", "greedy", "search")})
+        report[name] = {
+            "baselines": base, "mahppo": mahppo, "mahppo_best_along_curve": best, "sb3-ppo": sb3, "best_rival": best_rival, "pass": bool(wins),
+            "mahppo_latency_per_task_s": _spread([r["eval"]["latency_per_task_s"] for r in runs["mahppo"]]),
+            "mahppo_energy_per_task_j": _spread([r["eval"]["energy_per_task_j"] for r in runs["mahppo"]]),
+            "mahppo_task_latency_mean_s": _spread([r["eval"]["task_latency_mean_s"] for r in runs["mahppo"]]),
+            "mahppo_minutes_per_500k_steps": _spread([w / 60 for w in walls]),
+            "mahppo_cpu_minutes_per_500k_steps": _spread([c / 60 for c in cpus]),
+            "sb3_minutes_per_500k_steps": _spread([r["wall_s"] * 500_000 / r["steps"] / 60 for r in runs["sb3-ppo"]]),
+            "learning_curve_png": str(plot),
+        }
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Sweeps
+
+
+def bench_sweeps(budget: Budget, out_dir: Path, targets: Targets) -> dict:
+    from coinfer.rl.evaluate import evaluate_policy
+    from coinfer.rl.mahppo import MahppoConfig
+    from coinfer.rl.policy import make_policy
+
+    print(f"[sweeps] MAHPPO ({budget.sweep_steps} steps each) against local on mahppo-paper-resnet18 variants")
+    report: dict[str, list] = {"devices": [], "beta": []}
+    for kind, values in (("devices", budget.sweep_devices), ("beta", budget.sweep_betas)):
+        for value in values:
+            overrides = {"num_devices": int(value)} if kind == "devices" else {"beta": float(value)}
+            scenario = MahppoConfig(**overrides).build_scenario()
+            run = _train_cached("mahppo", "mahppo-paper-resnet18", 0, budget.sweep_steps, 0, out_dir / "runs" / "sweep" / f"{kind}-{value:g}", **overrides)
+            local = evaluate_policy(make_policy("local", scenario), scenario)
+            ours = run["eval"]
+            row = {kind: value, "mahppo": ours, "local": local.summary(),
+                   "latency_reduction": 1 - ours["latency_per_task_s"] / local.latency_per_task_s,
+                   "energy_reduction": 1 - ours["energy_per_task_j"] / local.energy_per_task_j}
+            report[kind].append(row)
+            targets.add(f"{kind}={value:g}: latency / energy reduction vs local", f"{row['latency_reduction']:.0%} / {row['energy_reduction']:.0%}",
+                  "-", f"up to {PAPER_LATENCY_CLAIM:.0%} / {PAPER_ENERGY_CLAIM:.0%} (paper)")
+    _plot_sweeps(report, out_dir / "sweeps.png")
+    report["png"] = str(out_dir / "sweeps.png")  # type: ignore[assignment]
+    return report
+
+
+def _plot_sweeps(report: dict, path: Path) -> None:
+    from coinfer.rl.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, kind, label in ((axes[0], "devices", "devices"), (axes[1], "beta", "beta (energy weight)")):
+        rows = report[kind]
+        x = [r[kind] for r in rows]
+        ax.plot(x, [100 * r["latency_reduction"] for r in rows], "o-", label="latency per task")
+        ax.plot(x, [100 * r["energy_reduction"] for r in rows], "s-", label="energy per task")
+        ax.axhline(100 * PAPER_LATENCY_CLAIM, color="C0", linestyle="--", linewidth=0.9, label="paper claim: 56% latency")
+        ax.axhline(100 * PAPER_ENERGY_CLAIM, color="C1", linestyle="--", linewidth=0.9, label="paper claim: 72% energy")
+        if kind == "beta":
+            ax.set_xscale("log")
+            ax.set_xticks(x, [f"{v:g}" for v in x])
+            ax.minorticks_off()
+        ax.set_xlabel(label)
+        ax.set_ylabel("reduction against local (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("MAHPPO vs local, ResNet18 cell, beta = 1")
+    axes[1].set_title("MAHPPO vs local, 5 devices")
+    axes[1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run_benchmarks(out_dir: Path, quick: bool) -> dict:
+    """Run every section, print each figure beside its target and anchor, write ``bench.json``.
+
+    The returned dict has a ``targets`` list of rows {name, ours, target, anchor, met} for the
+    ``coinfer bench`` report, and each section's full figures under its name.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    budget = QUICK if quick else FULL
+    start = time.perf_counter()
+    targets = Targets()
+    report: dict = {"quick": quick, "budget": asdict(budget), "targets": targets.rows}
+
+    def save() -> None:
+        (out_dir / "bench.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+
+    sections = (
+        ("conformance", lambda: bench_conformance(targets)),
+        ("speed", lambda: bench_speed(budget, targets)),
+        ("schedulers", lambda: bench_schedulers(budget, out_dir, targets)),
+        ("sweeps", lambda: bench_sweeps(budget, out_dir, targets)),
+    )
+    for name, section in sections:
+        report[name] = section()
+        report["wall_s"] = time.perf_counter() - start
+        save()
+    print(f"rl bench done in {report['wall_s'] / 60:.1f} min; wrote {out_dir / 'bench.json'}")
+    return report
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m coinfer.rl.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/bench/rl", help="output folder")
+    parser.add_argument("--quick", action="store_true", help="smoke budgets (minutes)")
+    args = parser.parse_args(argv)
+    run_benchmarks(Path(args.out), args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

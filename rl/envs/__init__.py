@@ -1,0 +1,1 @@
+"""Thin views over the simulation core: batched (training), gymnasium (joint action), PettingZoo."""

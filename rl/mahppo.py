@@ -1,0 +1,408 @@
+"""MAHPPO: multi-agent hybrid PPO for split point, sub-channel and power (Hao et al., TMC 2023).
+
+Read top to bottom: the configuration, the loss pieces (GAE, the per-component clipped
+surrogate), then `train_mahppo`: rollout on the batched simulator, GAE, epochs x minibatches,
+logging, evaluation and checkpoints. The networks and the hybrid distribution are in
+`coinfer.rl.networks`; saving and acting with a trained policy in `coinfer.rl.mahppo_policy`.
+
+Each device has an actor (or one shared actor with a device-id input) with three heads; the
+centralised critic reads the global state; every (device, component) pair has its own clipped
+ratio, all sharing the GAE advantage of the shared reward; the losses are averaged.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coinfer.core.errors import InvalidInput
+from coinfer.rl.actions import JointAction, powers_from_unit
+from coinfer.rl.envs.batched import BatchedEnv
+from coinfer.rl.networks import Critic, HybridActor, hybrid_entropy, hybrid_log_prob, hybrid_sample
+from coinfer.rl.scenario import Scenario, load_scenario
+
+
+@dataclass
+class MahppoConfig:
+    """Everything a MAHPPO run depends on.
+
+    The defaults are the paper's (learning rates, gamma, lambda, clip, entropy, network sizes,
+    minibatches of 256 with 80 gradient steps per 1024 environment steps, 500k steps), except:
+    rollouts gather 4096 steps from 64 environments at once (the batched simulator costs about the
+    same per step for 16 or 64 environments), the power head spans its range geometrically, and
+    the learning rate decays linearly (CleanRL's default).
+    """
+
+    scenario: str = "mahppo-paper-resnet18"
+    """Scenario name or TOML path."""
+    num_devices: int | None = None
+    """Override: that many copies of the scenario's first device (device-count sweeps)."""
+    beta: float | None = None
+    """Override: the reward's energy weight."""
+    total_steps: int = 500_000
+    """Environment steps (slots of one environment) to train for."""
+    seed: int = 0
+    """Root seed of the simulator, the networks and the sampling."""
+    num_envs: int = 64
+    """Environments stepped together by the batched simulator."""
+    rollout_steps: int = 4096
+    """Environment steps per update, over all environments (64 per environment by default)."""
+    update_epochs: int = 20
+    """Passes over each rollout: 20 epochs of minibatches of 256 are the paper's 80 minibatches per 1024 steps."""
+    minibatch_size: int = 256
+    """Samples per gradient step."""
+    actor_lr: float = 1e-4
+    """Adam learning rate of the actors."""
+    critic_lr: float = 1e-4
+    """Adam learning rate of the critic."""
+    anneal_lr: bool = True
+    """Decay both learning rates linearly to 0 over training (as CleanRL's ppo.py; steadier final policies)."""
+    gamma: float = 0.95
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_coef: float = 0.2
+    """PPO clip range of every component's ratio."""
+    ent_coef: float = 0.001
+    """Entropy bonus weight."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip per network."""
+    normalize_advantages: bool = True
+    """Normalise advantages per minibatch."""
+    actor_hidden: tuple[int, ...] = (256, 128)
+    """Hidden sizes of each actor's trunk."""
+    critic_hidden: tuple[int, ...] = (256, 128, 64)
+    """Hidden sizes of the critic."""
+    power_scale: str = "log"
+    """How the power head's u in [0, 1] maps onto the power range: 'linear' (the paper) or 'log' (geometric)."""
+    share_actor: bool = False
+    """One actor for every device, reading its local observation and a one-hot device id."""
+    max_devices: int = 16
+    """Size of the shared actor's device-id input (most devices it can serve)."""
+    torch_threads: int = 1
+    """Intra-op threads for torch (the networks are small; 1 is fastest on 2 cores)."""
+    eval_every_steps: int = 25_000
+    """Evaluate the deterministic policy in evaluation mode every this many steps (0: never)."""
+    eval_episodes: int = 1
+    """Evaluation episodes per evaluation."""
+    checkpoint_every_steps: int = 100_000
+    """Save a checkpoint every this many steps (0: only the final policy)."""
+
+    def steps_per_env(self) -> int:
+        return self.rollout_steps // self.num_envs
+
+    def validate(self) -> None:
+        if self.num_envs < 1 or self.rollout_steps < self.num_envs or self.rollout_steps % self.num_envs:
+            raise InvalidInput(f"rollout_steps ({self.rollout_steps}) must be a positive multiple of num_envs ({self.num_envs})")
+        if not 1 <= self.minibatch_size <= self.rollout_steps:
+            raise InvalidInput(f"minibatch_size ({self.minibatch_size}) must be in 1..rollout_steps ({self.rollout_steps})")
+        if self.total_steps < 1:
+            raise InvalidInput(f"total_steps must be >= 1, got {self.total_steps}")
+        if self.power_scale not in ("linear", "log"):
+            raise InvalidInput(f"power_scale must be 'linear' or 'log', got {self.power_scale!r}")
+        if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise InvalidInput(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {self.gamma} and {self.gae_lambda}")
+
+    def build_scenario(self) -> Scenario:
+        scenario = load_scenario(self.scenario)
+        if self.num_devices is not None:
+            scenario = scenario.with_num_devices(self.num_devices)
+        if self.beta is not None:
+            scenario = scenario.with_beta(self.beta)
+        return scenario
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss pieces (importable, unit-tested)
+
+
+def compute_gae(
+    rewards: torch.Tensor, values: torch.Tensor, episode_ends: torch.Tensor, last_values: torch.Tensor, gamma: float, gae_lambda: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and returns (T, E) by generalised advantage estimation.
+
+    ``episode_ends[t]`` marks an episode that ended with step t (nothing is bootstrapped past it;
+    a truncated episode's bootstrap value is already folded into its last reward);
+    ``last_values`` (E,) is V of the state after the last step.
+    """
+    T = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(last_values)
+    for t in reversed(range(T)):
+        next_values = last_values if t == T - 1 else values[t + 1]
+        carry = 1.0 - episode_ends[t]
+        delta = rewards[t] + gamma * next_values * carry - values[t]
+        running = delta + gamma * gae_lambda * carry * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def clipped_surrogate_loss(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_coef: float) -> torch.Tensor:
+    """PPO's clipped objective with one ratio per (device, component), averaged; to minimise.
+
+    Log-probabilities are (B, N, C); advantages (B,) are shared by every device and component.
+    """
+    ratio = torch.exp(new_log_prob - old_log_prob)
+    adv = advantages[:, None, None]
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef) * adv
+    return -torch.min(unclipped, clipped).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class CurvePoint:
+    """One point of the learning curve."""
+
+    step: int
+    """Environment steps so far."""
+    eval_reward: float
+    """Evaluation-mode episode reward of the deterministic policy."""
+    train_reward: float
+    """Mean reward of the training episodes that ended since the previous point (nan if none)."""
+    wall_s: float
+    """Seconds since training started."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    policy_path: Path | None
+    """The saved policy's JSON file (None without an output folder)."""
+    steps: int
+    """Environment steps taken."""
+    wall_s: float
+    """Training time, evaluations included."""
+    steps_per_s: float
+    """Environment steps per second of training."""
+    curve: list[CurvePoint] = field(default_factory=list)
+    """Learning curve."""
+    final_eval_reward: float = float("nan")
+    """Evaluation reward of the final policy."""
+    best_eval_reward: float = float("nan")
+    """Best evaluation reward along the curve (its policy is saved as ``policy-best``)."""
+    best_policy_path: Path | None = None
+    """The best evaluated policy's JSON file."""
+    cpu_s: float = float("nan")
+    """CPU seconds this process spent training (its wall time on an idle machine, as training is single-threaded)."""
+
+
+def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progress: bool = False) -> TrainResult:
+    """Train MAHPPO on the batched simulator; write scalars, curve, checkpoints and the policy to ``out_dir``."""
+    from coinfer.rl.evaluate import evaluate_policy
+    from coinfer.rl.mahppo_policy import MahppoPolicy
+
+    # Setup
+    config.validate()
+    scenario = config.build_scenario()
+    torch.set_num_threads(config.torch_threads)
+    torch.manual_seed(config.seed)
+    env = BatchedEnv(scenario, num_envs=config.num_envs, mode="train", seed=config.seed)
+    N, P, K, F = env.num_devices, env.num_points, env.num_subchannels, env.num_features
+    if config.share_actor and N > config.max_devices:
+        raise InvalidInput(f"a shared actor serves at most max_devices={config.max_devices} devices, the scenario has {N}")
+    actor = HybridActor(N, F, P, K, config.actor_hidden, config.share_actor, config.max_devices)
+    critic = Critic(N * F, config.critic_hidden)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=config.actor_lr, eps=1e-5, foreach=True)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=config.critic_lr, eps=1e-5, foreach=True)
+    low_w, high_w = env.sim.power_low_w, env.sim.power_high_w
+    policy = MahppoPolicy(actor, scenario, config, name="mahppo")
+    out = Path(out_dir) if out_dir is not None else None
+    writer = _ScalarWriter(out)
+
+    # Storage
+    T, E = config.steps_per_env(), config.num_envs
+    obs_buf = torch.zeros((T, E, N * F))
+    point_buf = torch.zeros((T, E, N), dtype=torch.long)
+    channel_buf = torch.zeros((T, E, N), dtype=torch.long)
+    power_buf = torch.zeros((T, E, N))
+    logp_buf = torch.zeros((T, E, N, 3))
+    value_buf = torch.zeros((T, E))
+    reward_buf = torch.zeros((T, E))
+    end_buf = torch.zeros((T, E))
+
+    num_updates = math.ceil(config.total_steps / (T * E))
+    next_eval = config.eval_every_steps
+    next_checkpoint = config.checkpoint_every_steps
+    obs = torch.as_tensor(env.reset(), dtype=torch.float32)
+    step_count, start, cpu_start = 0, time.perf_counter(), time.process_time()
+    curve: list[CurvePoint] = []
+    best_reward, best_path = -math.inf, None
+    recent_rewards: list[float] = []
+    bar = _progress(num_updates * T * E, progress)
+    for update in range(num_updates):
+        if config.anneal_lr:
+            fraction = 1.0 - update / num_updates
+            actor_opt.param_groups[0]["lr"] = fraction * config.actor_lr
+            critic_opt.param_groups[0]["lr"] = fraction * config.critic_lr
+
+        # Rollout
+        actor.eval()
+        for t in range(T):
+            with torch.no_grad():
+                params = actor(obs)
+                points, channels, power_u = hybrid_sample(params, deterministic=False)
+                log_prob = hybrid_log_prob(params, points, channels, power_u)
+                value = critic(obs)
+            action = JointAction(points.numpy(), channels.numpy(), powers_from_unit(power_u.numpy().astype(float), low_w, high_w, config.power_scale))
+            step = env.step(action)
+            reward = torch.as_tensor(step.rewards, dtype=torch.float32)
+            if step.truncated.any():  # bootstrap the value of the state the time limit cut off
+                cut = torch.as_tensor(step.truncated)
+                with torch.no_grad():
+                    reward[cut] += config.gamma * critic(torch.as_tensor(step.final_observations[step.truncated], dtype=torch.float32))
+            obs_buf[t], point_buf[t], channel_buf[t], power_buf[t] = obs, points, channels, power_u
+            logp_buf[t], value_buf[t], reward_buf[t] = log_prob, value, reward
+            end_buf[t] = torch.as_tensor(step.terminated | step.truncated, dtype=torch.float32)
+            recent_rewards.extend(m.reward for _, m in step.episodes)
+            obs = torch.as_tensor(step.observations, dtype=torch.float32)
+        step_count += T * E
+        bar.update(T * E)
+
+        # GAE
+        with torch.no_grad():
+            advantages, returns = compute_gae(reward_buf, value_buf, end_buf, critic(obs), config.gamma, config.gae_lambda)
+
+        # Update: epochs x minibatches
+        actor.train()
+        b_obs, b_points, b_channels = obs_buf.reshape(T * E, -1), point_buf.reshape(T * E, N), channel_buf.reshape(T * E, N)
+        b_power, b_logp = power_buf.reshape(T * E, N), logp_buf.reshape(T * E, N, 3)
+        b_adv, b_ret = advantages.reshape(-1), returns.reshape(-1)
+        stats = _UpdateStats()
+        for _ in range(config.update_epochs):
+            order = torch.randperm(T * E)
+            for begin in range(0, T * E - config.minibatch_size + 1, config.minibatch_size):
+                mb = order[begin : begin + config.minibatch_size]
+                params = actor(b_obs[mb])
+                new_logp = hybrid_log_prob(params, b_points[mb], b_channels[mb], b_power[mb])
+                entropy = hybrid_entropy(params).mean()
+                mb_adv = b_adv[mb]
+                if config.normalize_advantages:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                # Policy loss
+                policy_loss = clipped_surrogate_loss(new_logp, b_logp[mb], mb_adv, config.clip_coef)
+                # Value loss
+                value_loss = 0.5 * (critic(b_obs[mb]) - b_ret[mb]).pow(2).mean()
+                # The actors and the critic share no parameters: one backward pass, two optimisers.
+                actor_opt.zero_grad()
+                critic_opt.zero_grad()
+                (policy_loss - config.ent_coef * entropy + value_loss).backward()
+                torch.nn.utils.clip_grad_norm_(actor.parameters(), config.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(critic.parameters(), config.max_grad_norm)
+                actor_opt.step()
+                critic_opt.step()
+                with torch.no_grad():
+                    log_ratio = new_logp - b_logp[mb]
+                    stats.add(policy_loss, value_loss, entropy, ((log_ratio.exp() - 1) - log_ratio).mean(), ((log_ratio.abs() - math.log1p(config.clip_coef)) > 0).float().mean())
+
+        # Logging
+        elapsed = time.perf_counter() - start
+        train_reward = float(np.mean(recent_rewards)) if recent_rewards else float("nan")
+        writer.train_row(step_count, elapsed, step_count / elapsed, train_reward, stats.means())
+        last = update == num_updates - 1
+        if (config.eval_every_steps and step_count >= next_eval) or last:
+            next_eval += config.eval_every_steps
+            actor.eval()
+            result = evaluate_policy(policy, scenario, episodes=config.eval_episodes, seed=config.seed)
+            curve.append(CurvePoint(step_count, result.reward, train_reward, elapsed))
+            writer.eval_row(step_count, elapsed, result)
+            if result.reward > best_reward:
+                best_reward = result.reward
+                if out is not None:
+                    best_path = policy.save(out / "policy-best")
+            recent_rewards = []
+            bar.set_postfix(eval_reward=f"{result.reward:.3f}", train_reward=f"{train_reward:.3f}")
+        if out is not None and config.checkpoint_every_steps and step_count >= next_checkpoint and not last:
+            next_checkpoint += config.checkpoint_every_steps
+            policy.save(out / "checkpoints" / f"step-{step_count:08d}")
+    bar.close()
+
+    wall_s = time.perf_counter() - start
+    policy_path = None
+    if out is not None:
+        policy_path = policy.save(out / "policy", critic=critic)
+        from coinfer.rl.plots import plot_learning_curve
+
+        plot_learning_curve({"mahppo": [[(p.step, p.eval_reward) for p in curve]]}, out / "learning_curve.png", title=f"MAHPPO on {scenario.name}")
+    final = curve[-1].eval_reward if curve else float("nan")
+    return TrainResult(policy_path, step_count, wall_s, step_count / wall_s, curve, final, best_reward, best_path, time.process_time() - cpu_start)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging helpers
+
+
+class _UpdateStats:
+    NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
+
+    def __init__(self) -> None:
+        self.sums = np.zeros(len(self.NAMES))
+        self.count = 0
+
+    def add(self, *values: torch.Tensor) -> None:
+        self.sums += np.array([float(v) for v in values])
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return dict(zip(self.NAMES, self.sums / max(self.count, 1)))
+
+
+class _ScalarWriter:
+    """``train.csv`` (one row per update) and ``eval.csv`` (one row per evaluation)."""
+
+    def __init__(self, out: Path | None) -> None:
+        self.out = out
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            self._write("train.csv", ["step", "wall_s", "steps_per_s", "train_reward", *_UpdateStats.NAMES], mode="w")
+            self._write("eval.csv", ["step", "wall_s", "reward", "latency_per_task_s", "energy_per_task_j", "task_latency_mean_s", "finished_tasks"], mode="w")
+
+    def _write(self, name: str, row: list, mode: str = "a") -> None:
+        if self.out is None:
+            return
+        with open(self.out / name, mode, newline="") as f:
+            csv.writer(f).writerow(row)
+
+    def train_row(self, step: int, wall_s: float, sps: float, train_reward: float, stats: dict[str, float]) -> None:
+        self._write("train.csv", [step, f"{wall_s:.2f}", f"{sps:.1f}", f"{train_reward:.5f}", *(f"{v:.6g}" for v in stats.values())])
+
+    def eval_row(self, step: int, wall_s: float, r) -> None:
+        self._write(
+            "eval.csv",
+            [step, f"{wall_s:.2f}", f"{r.reward:.5f}", f"{r.latency_per_task_s:.5f}", f"{r.energy_per_task_j:.5f}", f"{r.task_latency_mean_s:.4f}", r.finished_tasks],
+        )
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", unit_scale=True, desc="mahppo")
+
+
+def config_to_dict(config: MahppoConfig) -> dict:
+    out = asdict(config)
+    out["actor_hidden"], out["critic_hidden"] = list(config.actor_hidden), list(config.critic_hidden)
+    return out

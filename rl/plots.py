@@ -1,0 +1,50 @@
+"""Plots of learning curves and sweeps (matplotlib, written to PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mean_and_spread(runs: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, mean, min and max over runs, on the steps of the shortest run."""
+    length = min(len(r) for r in runs)
+    steps = np.array([s for s, _ in runs[0][:length]])
+    values = np.array([[v for _, v in r[:length]] for r in runs])
+    return steps, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+
+
+def plot_learning_curve(curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str, baselines: dict[str, float] | None = None) -> None:
+    """Evaluation reward against environment steps: per algorithm the mean over runs and the min-max band."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, runs in curves.items():
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        steps, mean, low, high = mean_and_spread(runs)
+        ax.plot(steps, mean, label=f"{name} (mean of {len(runs)})" if len(runs) > 1 else name)
+        if len(runs) > 1:
+            ax.fill_between(steps, low, high, alpha=0.25)
+    for name, value in (baselines or {}).items():
+        ax.axhline(value, linestyle="--", linewidth=0.9, color="grey")
+        ax.annotate(name, (0.01, value), xycoords=("axes fraction", "data"), fontsize=7, color="dimgrey", va="bottom")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("evaluation reward (episode)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""The offloading simulator: one numpy core (`core.Simulator`) and its pluggable pieces."""

@@ -1,0 +1,10 @@
+"""DEKD (DeViT): decompose a ViT teacher into N device sub-models and a fusion head.
+
+Modules, in pipeline order: ``teacher`` (train / import / load the teacher), ``partition``
+(class groups), ``prune`` and ``sizing`` (sub-model structure per device budget), ``targets``
+(cached teacher outputs), ``distill`` (sub-task distillation), ``fusion`` and ``ensemble``
+(fusion head, joint training with device dropout), ``baseline`` (single-student comparison),
+``pipeline`` (end to end), ``artifact`` (the deployable bundle), ``report``, ``bench``, ``cli``.
+
+A runtime loads a bundle with :func:`coinfer.server.dekd.artifact.load_devit`.
+"""

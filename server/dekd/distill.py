@@ -1,0 +1,146 @@
+"""Sub-task distillation: teach one pruned sub-model its group of classes (DeViT step 4).
+
+    L = (1 - a) CE(student, y) + a KD(student, teacher restricted to the group)
+        + g_q L_Q + g_k L_K + g_v L_V
+
+on the group's images only. L_X = KL(R_teacher || R_student) with R = softmax(X X^T / sqrt(d_head))
+over tokens at the middle layer, X in {Q, K, V} with the heads concatenated: a T x T matrix for
+any width or head count, which is how a narrow student learns from a wide teacher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coinfer.core.errors import InvalidInput
+from coinfer.core.measure import accuracy, predict
+from coinfer.core.models.vit import VisionTransformer
+from coinfer.core.training import TrainResult
+from coinfer.server.dekd.loop import LoopConfig, train_indexed
+from coinfer.server.dekd.targets import TeacherTargets, token_relation
+
+
+@dataclass
+class DistillConfig:
+    """Loss weights and schedule of sub-task distillation."""
+
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=3, lr=1e-3, desc="distill"))
+    """Epochs, batch size, learning rate and warm-up."""
+    alpha: float = 0.5
+    """Weight a of the KD term; CE gets 1 - a (DeViT: 0.5)."""
+    gamma_q: float = 0.2
+    """Weight of the query-relation loss (DeViT: 0.2)."""
+    gamma_k: float = 0.1
+    """Weight of the key-relation loss (DeViT: 0.1)."""
+    gamma_v: float = 0.3
+    """Weight of the value-relation loss (DeViT: 0.3)."""
+    kd_temperature: float = 1.0
+    """Softmax temperature of the KD term (the loss is scaled by its square)."""
+    label_smoothing: float = 0.1
+    """Cross-entropy label smoothing (DeViT: 0.1)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise InvalidInput(f"distill: alpha must be in [0, 1], got {self.alpha!r}")
+        for name in ("gamma_q", "gamma_k", "gamma_v"):
+            if getattr(self, name) < 0:
+                raise InvalidInput(f"distill: {name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.kd_temperature > 0:
+            raise InvalidInput(f"distill: kd_temperature must be positive, got {self.kd_temperature!r}")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(t / T) || softmax(s / T)) x T^2, averaged over the batch."""
+    return F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=-1),
+        F.log_softmax(teacher_logits / temperature, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (temperature**2)
+
+
+def relation_kl(teacher_relation: torch.Tensor, student_x: torch.Tensor) -> torch.Tensor:
+    """KL(R_teacher || R_student) per token row, averaged: teacher (B, T, T), student X (B, heads, T, hd)."""
+    student_relation = token_relation(student_x)
+    if student_relation.shape != teacher_relation.shape:
+        raise InvalidInput(
+            f"relation shapes differ: teacher {tuple(teacher_relation.shape)}, student {tuple(student_relation.shape)} "
+            "(token counts must match)"
+        )
+    B, T, _ = student_relation.shape
+    log_s = torch.log(student_relation.clamp_min(1e-8))
+    return F.kl_div(log_s, teacher_relation.float(), reduction="sum") / (B * T)
+
+
+def student_relation_layer(student: VisionTransformer) -> int:
+    """The student block matched against the teacher's middle layer: its own middle (depth // 2)."""
+    return student.config.depth // 2
+
+
+class _TrainForward(nn.Module):
+    """What DDP wraps: one forward that returns logits and the tapped (q, k, v)."""
+
+    def __init__(self, student: VisionTransformer, layer: int) -> None:
+        super().__init__()
+        self.student = student
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor):
+        out = self.student.forward_with_qkv(x, [self.layer])
+        q, k, v = out.qkv[self.layer]
+        return out.logits, q, k, v
+
+
+def distill_submodel(
+    student: VisionTransformer,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    targets: TeacherTargets,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    config: DistillConfig,
+) -> TrainResult:
+    """Train ``student`` on one group: ``y_*`` are group-local labels, ``targets`` the teacher's
+    outputs on ``x_train`` with logits already restricted to the group's classes.
+    """
+    if targets.relations is None:
+        raise InvalidInput("sub-task distillation needs the teacher's token relations")
+    if len(x_train) != len(targets.logits) or len(x_train) != len(y_train):
+        raise InvalidInput(
+            f"distill: {len(x_train)} images, {len(y_train)} labels and {len(targets.logits)} teacher rows must agree"
+        )
+    if student.config.block_heads is not None and student.config.block_heads[student_relation_layer(student)] == 0:
+        raise InvalidInput("distill: the student's middle block has no attention head to match relations on")
+    wrapper = _TrainForward(student, student_relation_layer(student))
+    a = config.alpha
+    gammas = (config.gamma_q, config.gamma_k, config.gamma_v)
+
+    def loss_fn(module: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        logits, q, k, v = module(x_train[idx])
+        rel = targets.relations[idx]
+        loss = (1 - a) * F.cross_entropy(logits, y_train[idx], label_smoothing=config.label_smoothing)
+        loss = loss + a * kd_loss(logits, targets.logits[idx], config.kd_temperature)
+        for g, x, r in zip(gammas, (q, k, v), rel.unbind(dim=1)):
+            if g:
+                loss = loss + g * relation_kl(r, x)
+        return loss
+
+    def evaluate(module: nn.Module) -> float:
+        return accuracy(predict(module.student, x_val), y_val.numpy()) if len(x_val) else 0.0
+
+    return train_indexed(wrapper, len(x_train), loss_fn, evaluate, config.loop)
+
+
+def group_rows(labels: torch.Tensor, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices of the images whose label is in ``classes``, their labels re-numbered 0..len-1)."""
+    size = max([int(labels.max()) if len(labels) else 0, *classes]) + 1
+    lookup = torch.full((size,), -1, dtype=torch.long)
+    lookup[torch.tensor(list(classes), dtype=torch.long)] = torch.arange(len(classes))
+    local = lookup[labels]
+    index = torch.nonzero(local >= 0).flatten()
+    return index, local[index]

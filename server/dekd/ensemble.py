@@ -1,0 +1,210 @@
+"""Ensemble training: the N sub-models and the fusion head, fine-tuned together on all data (DeViT step 5).
+
+    L = w_mse MSE(h, teacher CLS) + (1 - a) CE(logits, y) + a KD(logits, teacher)
+
+where h is the fused token (mapped to the teacher's width) and the sub-model backbones train
+jointly with the head, at a smaller learning rate. Our addition is device dropout: every image
+independently loses each device with some probability (never all of them), and the fusion sees
+the presence mask, so the ensemble keeps answering when a device is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coinfer.core.errors import InvalidInput
+from coinfer.core.measure import accuracy
+from coinfer.core.models.vit import VisionTransformer
+from coinfer.core.training import TrainResult
+from coinfer.server.dekd.distill import kd_loss
+from coinfer.server.dekd.fusion import DeViTFusion
+from coinfer.server.dekd.loop import LoopConfig, train_indexed
+from coinfer.server.dekd.targets import TeacherTargets
+
+
+@dataclass
+class EnsembleConfig:
+    """Loss weights, device dropout and schedule of ensemble training."""
+
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=3, lr=1e-3, desc="ensemble"))
+    """Epochs, batch size, learning rate (of the fusion head) and warm-up."""
+    backbone_lr_scale: float = 0.3
+    """Learning rate of the sub-model backbones relative to the fusion head's."""
+    alpha: float = 0.5
+    """Weight a of the KD term; CE gets 1 - a (DeViT: 0.5)."""
+    mse_weight: float = 1.0
+    """Weight of MSE(h, teacher CLS token)."""
+    kd_temperature: float = 1.0
+    """Softmax temperature of the KD term."""
+    label_smoothing: float = 0.1
+    """Cross-entropy label smoothing."""
+    device_dropout: float = 0.2
+    """Probability that a device's feature is marked missing for a training image (0 disables)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.device_dropout < 1.0:
+            raise InvalidInput(f"ensemble: device_dropout must be in [0, 1), got {self.device_dropout!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise InvalidInput(f"ensemble: alpha must be in [0, 1], got {self.alpha!r}")
+        if self.backbone_lr_scale < 0 or self.mse_weight < 0:
+            raise InvalidInput("ensemble: backbone_lr_scale and mse_weight must be >= 0")
+
+
+class DeViTEnsemble(nn.Module):
+    """N head-less sub-models (each outputs its CLS feature) and the fusion head, in one module.
+
+    For evaluation on one machine; in deployment each sub-model runs on its own device.
+    """
+
+    def __init__(self, submodels: Sequence[VisionTransformer], fusion: DeViTFusion) -> None:
+        super().__init__()
+        widths = tuple(m.config.embed_dim for m in submodels)
+        if any(m.config.num_classes for m in submodels):
+            raise InvalidInput("ensemble sub-models must have no head (num_classes 0): they send their CLS feature")
+        if widths != fusion.config.feature_dims:
+            raise InvalidInput(f"sub-model widths {widths} do not match the fusion head's {fusion.config.feature_dims}")
+        self.submodels = nn.ModuleList(submodels)
+        self.fusion = fusion
+
+    @property
+    def num_devices(self) -> int:
+        """N."""
+        return len(self.submodels)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every device's CLS feature, concatenated: (B, sum of widths)."""
+        return torch.cat([m(x) for m in self.submodels], dim=1)
+
+    def fuse(self, x: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fused token h, logits) with devices where ``present`` (B, N) is false marked missing."""
+        return self.fusion.fuse(self.features(x), present)
+
+    def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits; every device present unless ``present`` says otherwise."""
+        if present is None:
+            present = torch.ones(x.shape[0], self.num_devices, dtype=torch.bool)
+        return self.fuse(x, present)[1]
+
+
+class _TrainForward(nn.Module):
+    """What DDP wraps: (h, logits) for images and a presence mask."""
+
+    def __init__(self, ensemble: DeViTEnsemble) -> None:
+        super().__init__()
+        self.ensemble = ensemble
+
+    def forward(self, x: torch.Tensor, present: torch.Tensor):
+        return self.ensemble.fuse(x, present)
+
+
+@torch.no_grad()
+def init_fusion_from_teacher(
+    ensemble: DeViTEnsemble, x: torch.Tensor, teacher_cls: torch.Tensor, teacher: VisionTransformer, ridge: float = 1e-3
+) -> None:
+    """Start the fusion head where training would take it: the teacher's classifier on top of the
+    least-squares map from the devices' features to the teacher's CLS token, and every missing
+    embedding at its device's mean feature (mean imputation).
+
+    DeViT starts the head from random weights; this closed-form start costs one pass of the
+    sub-models over ``x`` and lets the short joint training refine instead of search.
+    """
+    fusion = ensemble.fusion
+    if teacher.config.embed_dim != fusion.config.embed_dim or teacher.config.num_classes != fusion.config.num_classes:
+        raise InvalidInput("the fusion head and the teacher disagree on width or classes")
+    ensemble.eval()
+    feats = torch.cat([ensemble.features(x[i : i + 256]) for i in range(0, len(x), 256)]).double()
+    mean = feats.mean(dim=0)
+    centred = feats - mean
+    target = teacher_cls.double()
+    target_mean = target.mean(dim=0)
+    # Ridge regression on centred data, lambda scaled to the features' energy so it is unit-free.
+    gram = centred.T @ centred
+    lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
+    weight = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), centred.T @ (target - target_mean))
+    fusion.map.weight.copy_(weight.T.float())
+    fusion.map.bias.copy_((target_mean - mean @ weight).float())
+    fusion.missing.copy_(mean.float())
+    fusion.head.weight.copy_(teacher.head.weight)
+    fusion.head.bias.copy_(teacher.head.bias)
+
+
+def strip_head(model: VisionTransformer) -> VisionTransformer:
+    """The same network without its classification head: it outputs the final CLS feature."""
+    from dataclasses import replace
+
+    out = VisionTransformer(replace(model.config, num_classes=0))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    out.load_state_dict(state, strict=True)
+    return out.eval()
+
+
+def sample_presence(batch: int, devices: int, dropout: float, generator: torch.Generator) -> torch.Tensor:
+    """(batch, devices) mask: each device missing with probability ``dropout``, never all of them."""
+    present = torch.rand(batch, devices, generator=generator) >= dropout
+    none = ~present.any(dim=1)
+    if none.any():
+        keep = torch.randint(0, devices, (int(none.sum()),), generator=generator)
+        present[none.nonzero().flatten(), keep] = True
+    return present
+
+
+@torch.no_grad()
+def ensemble_accuracy(
+    ensemble: DeViTEnsemble, x: torch.Tensor, y: torch.Tensor, missing: Sequence[int] = (), batch_size: int = 256
+) -> float:
+    """Top-1 accuracy with the devices in ``missing`` marked missing for every image."""
+    ensemble.eval()
+    outs = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size]
+        present = torch.ones(len(xb), ensemble.num_devices, dtype=torch.bool)
+        present[:, list(missing)] = False
+        outs.append(ensemble(xb, present))
+    if not outs:
+        return 0.0
+    return accuracy(torch.cat(outs).numpy(), y.numpy())
+
+
+def train_ensemble(
+    ensemble: DeViTEnsemble,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    targets: TeacherTargets,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    config: EnsembleConfig,
+) -> TrainResult:
+    """Fine-tune sub-models and fusion jointly; validation accuracy with every device present."""
+    if targets.cls is None:
+        raise InvalidInput("ensemble training needs the teacher's CLS tokens")
+    if targets.cls.shape[1] != ensemble.fusion.config.embed_dim:
+        raise InvalidInput(
+            f"the fusion head maps to width {ensemble.fusion.config.embed_dim}, the teacher's CLS token has "
+            f"{targets.cls.shape[1]}"
+        )
+    wrapper = _TrainForward(ensemble)
+    a = config.alpha
+    n = ensemble.num_devices
+
+    def loss_fn(module: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        present = sample_presence(len(idx), n, config.device_dropout, generator)
+        h, logits = module(x_train[idx], present)
+        loss = (1 - a) * F.cross_entropy(logits, y_train[idx], label_smoothing=config.label_smoothing)
+        loss = loss + a * kd_loss(logits, targets.logits[idx], config.kd_temperature)
+        if config.mse_weight:
+            loss = loss + config.mse_weight * F.mse_loss(h, targets.cls[idx])
+        return loss
+
+    def evaluate(module: nn.Module) -> float:
+        return ensemble_accuracy(module.ensemble, x_val, y_val) if len(x_val) else 0.0
+
+    groups = [
+        (list(ensemble.fusion.parameters()), 1.0),
+        (list(ensemble.submodels.parameters()), config.backbone_lr_scale),
+    ]
+    return train_indexed(wrapper, len(x_train), loss_fn, evaluate, config.loop, param_groups=groups)

@@ -1,0 +1,251 @@
+"""A DeViT bundle served by the coordinator: sub-models on the devices, the fusion head here.
+
+One request fans the image batch out to the device holding each sub-model, in parallel, under
+one deadline (the caller's, less a margin for the fusion, capped by the configured timeout).
+Features that arrive in time are fused with the others marked missing (the DEKD fusion head
+has a learned stand-in for each device and is trained with device dropout); the response says
+``degraded`` and which devices contributed. Fewer than ``min_devices`` features is UNAVAILABLE,
+naming what happened to each missing one. A device whose connection is refused is skipped for
+a moment, so a dead device costs one failed call rather than a wait per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+import numpy as np
+
+from coinfer.core.bundle import Bundle
+from coinfer.core.codec import tensor_from_raw, tensor_to_raw
+from coinfer.core.errors import InvalidInput, Unavailable
+from coinfer.protos import coinfer_v1_pb2 as v1
+from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
+from coinfer.protos.oip import TensorMeta
+from coinfer.protos.oip_service import InferCall, InferResult
+from coinfer.protos.parts import load_part_module
+from coinfer.protos.v1 import ModelInfo
+from coinfer.server.deployment import DEFAULT_MAX_BATCH, IMAGE_INPUT, LOGITS_OUTPUT
+
+log = logging.getLogger(__name__)
+
+DEVIT_KIND = "devit"
+PLATFORM = "coinfer_devit"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The device that runs one sub-model now."""
+
+    device_id: str
+    device_name: str
+    address: str
+    skip_reason: str = ""
+    """Why the fan-out should not call the device now ("" = call it)."""
+
+
+class FanOutRouter(Protocol):
+    """What the fan-out needs from the coordinator: who holds what, channels, and feedback."""
+
+    def holders(self, model_name: str) -> dict[int, Holder]:
+        """Sub-model index -> the live device that has it loaded (indices without one are absent);
+        a device the fan-out should skip for now carries a ``skip_reason``."""
+        ...
+
+    def stub(self, address: str) -> v1_grpc.EdgeStub: ...
+
+    def report(self, holder: Holder, model_name: str, ok: bool, unreachable: bool, seconds: float) -> None:
+        """Outcome of one sub-model call (for counters, metrics and skipping dead devices)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DeViTServeConfig:
+    """How the coordinator serves DeViT models."""
+
+    timeout_s: float = 2.0
+    """Longest a fan-out waits for sub-model features (also when the caller gives a later deadline)."""
+    min_devices: int = 0
+    """Fewest features to answer with; 0 = half of the sub-models, rounded up."""
+    margin_s: float = 0.005
+    """Time kept back from the caller's deadline for the fusion and the reply."""
+
+
+def _fusion_builders():
+    from coinfer.server.dekd.fusion import ARCH, build_fusion
+
+    return {ARCH: build_fusion}
+
+
+class DeViTServing:
+    """The ServedModel of one DeViT bundle on the coordinator's front door."""
+
+    version = "1"
+    platform = PLATFORM
+
+    def __init__(self, bundle: Bundle, config: DeViTServeConfig | None = None, router: FanOutRouter | None = None) -> None:
+        if bundle.kind != DEVIT_KIND:
+            raise InvalidInput(f"bundle {bundle.path} is of kind {bundle.kind!r}, not a DeViT bundle")
+        info = bundle.metadata.get("devit")
+        if not isinstance(info, dict) or not isinstance(info.get("device_parts"), list):
+            raise InvalidInput(f"{bundle.path}: metadata 'devit' with device_parts is missing")
+        self.bundle = bundle
+        self.config = config or DeViTServeConfig()
+        self.router = router
+        self.name = str(bundle.metadata.get("model_name") or bundle.name)
+        self.submodel_parts: tuple[str, ...] = tuple(str(p) for p in info["device_parts"])
+        self.fusion_part = str(info.get("fusion_part", "fusion"))
+        self.fusion = load_part_module(bundle, self.fusion_part, _fusion_builders())
+        self.feature_dims: tuple[int, ...] = tuple(self.fusion.config.feature_dims)
+        if len(self.feature_dims) != len(self.submodel_parts):
+            raise InvalidInput(
+                f"{bundle.path}: {len(self.submodel_parts)} sub-model parts for a fusion head of {len(self.feature_dims)} devices"
+            )
+        first = bundle.part(self.submodel_parts[0]).inputs
+        if len(first) != 1 or len(first[0].shape) != 4:
+            raise InvalidInput(f"{bundle.path}: sub-model {self.submodel_parts[0]!r} must take one image batch (B, C, H, W)")
+        _, channels, height, width = first[0].shape
+        self.inputs = (TensorMeta(IMAGE_INPUT, "UINT8", (-1, channels, height, width)),)
+        self.outputs = (TensorMeta(LOGITS_OUTPUT, "FP32", (-1, self.fusion.config.num_classes)),)
+        self.max_batch = DEFAULT_MAX_BATCH
+        n = len(self.submodel_parts)
+        self.min_devices = self.config.min_devices or math.ceil(n / 2)
+        if not 1 <= self.min_devices <= n:
+            raise InvalidInput(f"min_devices must be between 1 and {n} for {self.name!r}, got {self.config.min_devices}")
+        self._local: list | None = None
+        self._local_lock = threading.Lock()
+
+    @property
+    def num_submodels(self) -> int:
+        return len(self.submodel_parts)
+
+    def model_info(self) -> ModelInfo:
+        """What an edge daemon needs to forward this model (its OIP metadata)."""
+        from coinfer.core.bundle import TensorSpec
+
+        return ModelInfo(
+            self.name,
+            self.platform,
+            tuple(TensorSpec(m.name, m.datatype, m.shape) for m in self.inputs),
+            tuple(TensorSpec(m.name, m.datatype, m.shape) for m in self.outputs),
+        )
+
+    def _callable_holders(self) -> int:
+        if self.router is None:
+            return 0
+        return sum(1 for h in self.router.holders(self.name).values() if not h.skip_reason)
+
+    def is_ready(self) -> bool:
+        """Enough devices hold their sub-models loaded to answer."""
+        return self._callable_holders() >= self.min_devices
+
+    def why_not_ready(self) -> str:
+        held = self._callable_holders()
+        return f"{held} of {self.num_submodels} sub-models are loaded on live devices, {self.min_devices} needed"
+
+    # Serving -------------------------------------------------------------------------------
+
+    def infer(self, inputs: dict[str, np.ndarray], call: InferCall) -> InferResult:
+        import torch
+
+        if self.router is None:
+            raise Unavailable(f"model {self.name!r} has no device router")
+        started = time.perf_counter()
+        images = inputs[IMAGE_INPUT]
+        now = time.monotonic()
+        deadline = min(now + call.remaining_s(self.config.timeout_s) - self.config.margin_s, now + self.config.timeout_s)
+        holders = self.router.holders(self.name)
+        datatype, shape, raw = tensor_to_raw(images)
+        missing: dict[int, str] = {}
+        calls: dict[int, tuple[Holder, grpc.Future, float]] = {}
+        for index, part in enumerate(self.submodel_parts):
+            holder = holders.get(index)
+            if holder is None:
+                missing[index] = "no live device has it loaded"
+                continue
+            if holder.skip_reason:
+                missing[index] = f"{holder.device_name}: {holder.skip_reason}"
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing[index] = "no time left before the deadline"
+                continue
+            request = v1.RunSubModelRequest(
+                model_name=self.name,
+                bundle=self.bundle.name,
+                part=part,
+                images=v1.RawTensor(datatype=datatype, shape=shape, data=raw),
+                request_id=call.request_id,
+            )
+            calls[index] = (holder, self.router.stub(holder.address).RunSubModel.future(request, timeout=left), time.perf_counter())
+        features: dict[int, np.ndarray] = {}
+        compute_ms: dict[int, float] = {}
+        contributors: dict[int, str] = {}
+        for index, (holder, future, sent) in calls.items():
+            try:
+                reply = future.result()
+                feature = tensor_from_raw(reply.feature.datatype, tuple(reply.feature.shape), reply.feature.data)
+                if feature.dtype != np.float32 or feature.shape != (len(images), self.feature_dims[index]):
+                    raise InvalidInput(f"sent a {feature.dtype} feature of shape {list(feature.shape)}, expected FP32 ({len(images)}, {self.feature_dims[index]})")
+            except grpc.RpcError as exc:
+                code = exc.code()
+                missing[index] = f"{holder.device_name}: {code.name}: {exc.details()}"
+                self.router.report(holder, self.name, False, code == grpc.StatusCode.UNAVAILABLE, time.perf_counter() - sent)
+                continue
+            except InvalidInput as exc:
+                missing[index] = f"{holder.device_name}: {exc}"
+                self.router.report(holder, self.name, False, False, time.perf_counter() - sent)
+                continue
+            self.router.report(holder, self.name, True, False, time.perf_counter() - sent)
+            features[index] = feature
+            compute_ms[index] = float(reply.compute_ms)
+            contributors[index] = holder.device_name
+        fanout_ms = (time.perf_counter() - started) * 1e3
+        if len(features) < self.min_devices:
+            reasons = "; ".join(f"sub-model {i}: {why}" for i, why in sorted(missing.items()))
+            raise Unavailable(
+                f"model {self.name!r}: {len(features)} of {self.num_submodels} sub-model features arrived within "
+                f"{fanout_ms:.0f} ms, {self.min_devices} needed ({reasons})"
+            )
+        fused = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.fusion.forward_available({i: torch.from_numpy(f) for i, f in sorted(features.items())}).float().numpy()
+        fusion_ms = (time.perf_counter() - fused) * 1e3
+        parameters: dict[str, bool | int | float | str] = {
+            "degraded": len(features) < self.num_submodels,
+            "devices": ",".join(contributors[i] for i in sorted(contributors)),
+            "submodels": ",".join(str(i) for i in sorted(features)),
+            "fanout_ms": fanout_ms,
+            "fusion_ms": fusion_ms,
+            "submodel_compute_ms": max(compute_ms.values()),
+            "submodel_compute_total_ms": sum(compute_ms.values()),
+            "compute_ms": max(compute_ms.values()) + fusion_ms,
+        }
+        if missing:
+            parameters["missing"] = ",".join(str(i) for i in sorted(missing))
+            parameters["missing_reason"] = "; ".join(f"sub-model {i}: {why}" for i, why in sorted(missing.items()))
+        return InferResult({LOGITS_OUTPUT: logits}, parameters)
+
+    # In-process reference ------------------------------------------------------------------
+
+    def run_local(self, images: np.ndarray, present: tuple[int, ...] | None = None) -> np.ndarray:
+        """The ensemble run whole in this process (sub-models loaded on first use).
+
+        ``present`` lists the sub-models to use (default: all); the others are marked missing.
+        """
+        import torch
+
+        from coinfer.core.data import to_float
+
+        with self._local_lock:
+            if self._local is None:
+                self._local = [load_part_module(self.bundle, p) for p in self.submodel_parts]
+        x = to_float(images)
+        keep = range(self.num_submodels) if present is None else present
+        with torch.inference_mode():
+            return self.fusion.forward_available({i: self._local[i](x) for i in keep}).float().numpy()

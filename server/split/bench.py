@@ -1,0 +1,288 @@
+"""Split-point benchmark: rate-accuracy of both bottleneck designs at every point of each backbone.
+
+For each backbone (ResNet18, VGG11, MobileNetV2 on Fashion-MNIST by default): train it, then at
+each of the four candidate points train both bottleneck designs at each element reduction, and
+measure every one at every bit width on the test split through the real codec (one message per
+image). From those rows come the issue's targets (``targets.py``), a JSON file and one
+rate-accuracy PNG per backbone.
+
+Defaults are sized for well under an hour on 2 unshared cores: thin backbones, a subset of the
+training and test images, short bottleneck training, and two single-threaded worker processes
+(one backbone each). Backbone weights are kept in the output folder
+and reused by a rerun with the same settings.
+
+    python -m coinfer.server.split.bench --out runs/bench/split [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from coinfer.core.training import TrainConfig
+from coinfer.server.split.targets import Row, compression_target, equal_payload
+from coinfer.server.split.train import BottleneckTrainConfig
+
+PAPER_COMPRESSION = "32x-128x (MAHPPO's C/32 channels, 8-bit or less; accuracy cost not published)"
+
+
+@dataclass
+class BenchConfig:
+    """What the split benchmark runs."""
+
+    dataset: str = "fashion-mnist"
+    """Dataset name."""
+    data_dir: str | None = None
+    """Dataset folder where it needs one."""
+    backbones: tuple[str, ...] = ("resnet18", "vgg11", "mobilenetv2")
+    """Backbones measured, one table and one PNG each."""
+    width_mult: float = 0.25
+    """Backbone width multiplier."""
+    backbone_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=3, lr=3e-3, batch_size=128, desc="backbone"))
+    """Backbone training."""
+    train_images: int = 20000
+    """Training images for the backbone (0 = all)."""
+    bottleneck_train_images: int = 8000
+    """Training images whose features train the bottlenecks."""
+    test_images: int = 3000
+    """Test images every row is measured on (0 = all)."""
+    reductions: tuple[float, ...] = (5.0, 20.0)
+    """Element reductions (feature elements / latent elements) of the bottlenecks. At 8, 4 and 2
+    bits these give nominal compressions of 20/40/80x and 80/160/320x: every bit width has a
+    bottleneck on each side of 64x once the message header is paid."""
+    bits: tuple[int, ...] = (8, 4, 2)
+    """Codec bit widths every bottleneck is measured at."""
+    designs: tuple[str, ...] = ("paper", "ours")
+    """Bottleneck designs compared."""
+    bottleneck_train: BottleneckTrainConfig = field(
+        default_factory=lambda: BottleneckTrainConfig(recon_steps=300, distill_steps=100, qat_bits=(8, 4, 2)))
+    """Bottleneck training ("ours" takes turns over the bit widths; one bottleneck serves all)."""
+    min_compression: float = 64.0
+    """Compression of the issue's first target."""
+    max_drop: float = 0.01
+    """Accuracy loss allowed at that compression (0.01 = 1 pt)."""
+    threads: int = 1
+    """Torch threads per worker (small models train fastest single-threaded, especially on shared cores)."""
+    workers: int = 2
+    """Backbones measured at the same time, one process each (2 cores: two single-threaded workers)."""
+    seed: int = 0
+    """Seeds splits, subsets and training."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def quick_bench_config() -> BenchConfig:
+    """Seconds-to-minutes settings on digits: checks the benchmark runs; its figures are not the targets'."""
+    return BenchConfig(
+        dataset="digits", backbones=("resnet18",), train_images=0, bottleneck_train_images=0, test_images=0,
+        backbone_train=TrainConfig(epochs=12, lr=3e-3, batch_size=64, desc="backbone"),
+        bottleneck_train=BottleneckTrainConfig(recon_steps=100, distill_steps=40, batch_size=64, qat_bits=(8, 4, 2)),
+        reductions=(4.0, 16.0),
+    )
+
+
+def _settings_key(config: BenchConfig, backbone: str) -> dict:
+    return {"backbone": backbone, "dataset": config.dataset, "width_mult": config.width_mult,
+            "train_images": config.train_images, "seed": config.seed,
+            "backbone_train": {k: v for k, v in asdict(config.backbone_train).items() if k not in ("progress", "desc")}}
+
+
+def _backbone(config: BenchConfig, name: str, splits, folder: Path):
+    """Train the backbone, or reuse weights a previous run with the same settings left in ``folder``."""
+    from safetensors.torch import save_file
+
+    from coinfer.core.models import build_model
+    from coinfer.core.training import train_classifier
+    from coinfer.server.split.backbones import backbone_config, load_weights
+    from coinfer.server.split.train import split_subset
+
+    model = build_model(backbone_config(name, splits, config.width_mult))
+    weights, sidecar = folder / f"{name}-backbone.safetensors", folder / f"{name}-backbone.json"
+    key = _settings_key(config, name)
+    if weights.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == key:
+        load_weights(model, weights)
+        return model.eval(), True
+    train = dataclasses.replace(splits, train=split_subset(splits.train, config.train_images, config.seed))
+    train_classifier(model, train, dataclasses.replace(config.backbone_train, seed=config.seed,
+                                                       progress=config.progress, desc=f"{name} backbone"))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(weights))
+    sidecar.write_text(json.dumps(key, indent=2) + "\n")
+    return model.eval(), False
+
+
+def bench_backbone(config: BenchConfig, name: str, splits, folder: Path) -> dict:
+    """Every row of one backbone, its targets and its PNG."""
+    from coinfer.core.measure import accuracy, predict
+    from coinfer.core.data import to_float
+    from coinfer.server.split import sizing
+    from coinfer.server.split.plots import rate_accuracy_png
+    from coinfer.server.split.train import compute_point_features, evaluate_bottleneck, train_bottleneck
+
+    started = time.perf_counter()
+    model, reused = _backbone(config, name, splits, folder)
+    backbone_s = time.perf_counter() - started
+    backbone_acc = accuracy(predict(model, to_float(splits.test.x)), splits.test.y)
+    print(f"[split bench] {name}: backbone test accuracy {100 * backbone_acc:.2f}% "
+          f"({'reused' if reused else f'trained in {backbone_s:.0f} s'})", flush=True)
+    rows: list[Row] = []
+    fp32: dict[int, int] = {}
+    last = model.num_points - 1
+    train_cfg = dataclasses.replace(config.bottleneck_train, seed=config.seed, progress=config.progress)
+    for point in range(1, last):
+        feats = compute_point_features(model, point, splits, config.bottleneck_train_images, config.seed,
+                                       include_val=False)
+        tail = model.segment(point, last)
+        fp32[point] = sizing.fp32_bytes(feats.feature_shape)
+        for design in config.designs:
+            seen = set()
+            for reduction in config.reductions:
+                bcfg = sizing.for_reduction(feats.feature_shape, design, reduction)
+                if bcfg in seen:  # a narrow feature gives the same one-channel latent twice
+                    continue
+                seen.add(bcfg)
+                t0 = time.perf_counter()
+                ae, _ = train_bottleneck(bcfg, feats, tail, train_cfg, desc=f"{name} p{point} {design} /{reduction:g}")
+                train_s = time.perf_counter() - t0
+                for bits in config.bits:
+                    ev = evaluate_bottleneck(ae, tail, feats.test, feats.test_labels, bits, None)
+                    rows.append(Row(point, model.point_names[point], design, reduction, bcfg.latent_shape(1), bits,
+                                    ev.accuracy, round(ev.payload_bytes_mean, 2),
+                                    round(fp32[point] / ev.payload_bytes_mean, 2), round(train_s, 1)))
+                    r = rows[-1]
+                    print(f"[split bench] {name} p{point} {design:<5} /{reduction:<4g} {bits}-bit latent "
+                          f"{list(r.latent_shape)}: acc {100 * r.accuracy:6.2f}%  {r.payload_bytes:8.1f} B  "
+                          f"{r.compression:7.1f}x", flush=True)
+        del feats
+    comp = compression_target(rows, backbone_acc, config.min_compression, config.max_drop)
+    eq = equal_payload(rows)
+    png = rate_accuracy_png(folder / f"rate-accuracy-{name}.png", name, config.dataset, rows, backbone_acc, fp32,
+                            config.min_compression)
+    return {
+        "backbone_accuracy": backbone_acc,
+        "backbone_reused": reused,
+        "point_names": list(model.point_names),
+        "point_fp32_bytes": fp32,
+        "rows": [asdict(r) for r in rows],
+        "compression_target": {
+            "min_compression": comp.min_compression, "max_drop_pt": 100 * comp.max_drop,
+            "points_met": comp.points_met,
+            "best_per_point": {p: (asdict(r) if r else None) for p, r in comp.best_per_point.items()},
+        },
+        "equal_payload": [asdict(e) | {"ours_better": e.ours_better} for e in eq],
+        "png": str(png),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def _target_rows(name: str, result: dict, config: BenchConfig) -> list[dict]:
+    comp = result["compression_target"]
+    met_points = comp["points_met"]
+    best = comp["best_per_point"]
+    detail = "; ".join(
+        f"p{p}: {100 * r['accuracy']:.2f}% at {r['compression']:.0f}x ({r['design']} {r['bits']}-bit)" if r else f"p{p}: none"
+        for p, r in best.items())
+    eq = result["equal_payload"]
+    won = [e["point"] for e in eq if e["ours_better"]]
+    eq_detail = "; ".join(f"p{e['point']}: {e['wins']}-{e['losses']}" + (
+        f" ({e['mean_gap_pt']:+.2f} pt)" if e["mean_gap_pt"] is not None else "") for e in eq)
+    return [
+        {"name": f"{name}: points with compression >= {config.min_compression:g}x within "
+                 f"{100 * config.max_drop:g} pt of the backbone",
+         "ours": f"{len(met_points)} {met_points} (backbone {100 * result['backbone_accuracy']:.2f}%; {detail})",
+         "target": ">= 2", "anchor": PAPER_COMPRESSION, "met": len(met_points) >= 2},
+        {"name": f"{name}: points where our bottleneck beats the paper's at equal payload",
+         "ours": f"{len(won)} of {len(eq)} {won} (wins-losses: {eq_detail})",
+         "target": ">= 3 of 4", "anchor": "MAHPPO 1x1-conv bottleneck, same training budget", "met": len(won) >= 3},
+        {"name": f"{name}: rate-accuracy plot", "ours": result["png"], "target": "one PNG per backbone",
+         "anchor": "-", "met": Path(result["png"]).is_file()},
+    ]
+
+
+def _bench_worker(config: BenchConfig, name: str, out: Path) -> dict:
+    """One backbone in its own process (or in this one): load the data, run, return its result."""
+    import torch
+
+    from coinfer.core.data import load_dataset
+    from coinfer.server.split.train import split_subset
+
+    previous_threads = torch.get_num_threads()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    try:
+        splits = load_dataset(config.dataset, config.data_dir, seed=config.seed)
+        splits = dataclasses.replace(splits, test=split_subset(splits.test, config.test_images, config.seed))
+        return bench_backbone(config, name, splits, out)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def run_benchmark(out_dir: str | Path, quick: bool = False, config: BenchConfig | None = None) -> dict:
+    """Run the benchmark into ``out_dir`` (JSON, PNGs, backbone weights) and return its summary."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    config = config or (quick_bench_config() if quick else BenchConfig())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    summary: dict = {"part": "split", "quick": quick, "dataset": config.dataset,
+                     "settings": asdict(config), "backbones": {}, "targets": []}
+    results: dict[str, dict] = {}
+
+    def record(name: str, result: dict) -> None:
+        results[name] = result
+        summary["backbones"] = {b: results[b] for b in config.backbones if b in results}
+        summary["targets"] = [row for b in summary["backbones"] for row in _target_rows(b, results[b], config)]
+        summary["wall_s"] = round(time.perf_counter() - started, 1)
+        # Written after every backbone, so a long run shows its progress.
+        (out / "split.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+
+    workers = min(config.workers, len(config.backbones))
+    if workers <= 1:
+        for name in config.backbones:
+            record(name, _bench_worker(config, name, out))
+    else:
+        # Separate processes, not threads: torch keeps one thread pool per process.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_bench_worker, config, name, out): name for name in config.backbones}
+            for future in as_completed(futures):
+                record(futures[future], future.result())
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    """Our figure beside each target."""
+    print(f"\nsplit benchmark on {summary['dataset']}{' (quick: figures are not the targets)' if summary['quick'] else ''}")
+    for row in summary["targets"]:
+        mark = "MET " if row["met"] else "MISS"
+        print(f"  [{mark}] {row['name']}\n         ours: {row['ours']}\n         target: {row['target']}"
+              f"   anchor: {row['anchor']}")
+    print(f"  wall time {summary.get('wall_s', 0):.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m coinfer.server.split.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="runs/bench/split", help="output folder (JSON, PNGs, backbone weights)")
+    parser.add_argument("--quick", action="store_true", help="digits, one backbone, short training")
+    parser.add_argument("--backbones", default=None, help="comma list (default resnet18,vgg11,mobilenetv2)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+    config = quick_bench_config() if args.quick else BenchConfig()
+    if args.backbones:
+        from coinfer.server.split.backbones import check_backbone
+
+        config.backbones = tuple(check_backbone(b.strip()) for b in args.backbones.split(",") if b.strip())
+    config.progress = not args.no_progress
+    run_benchmark(args.out, args.quick, config)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

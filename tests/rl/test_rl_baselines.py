@@ -1,0 +1,92 @@
+"""Baselines behind the Policy protocol: local, offload, random, greedy, search, sb3-ppo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coinfer.core.errors import InvalidInput
+from coinfer.rl.baselines import GreedyPolicy
+from coinfer.rl.evaluate import evaluate_policy
+from coinfer.rl.policy import Policy, load_policy, make_policy
+from coinfer.rl.scenario import load_scenario
+from coinfer.rl.search import coordinate_search, evaluate_fixed_actions
+from coinfer.rl.sim.core import Simulator
+
+
+def state_of(scenario):
+    return Simulator(scenario, num_envs=1, mode="eval").global_state()[0]
+
+
+def test_fixed_baselines(tiny):
+    local = make_policy("local", tiny).act(state_of(tiny))
+    assert (local.points == 5).all()
+    offload = make_policy("offload", tiny).act(np.tile(state_of(tiny), (4, 1)))
+    assert offload.points.shape == (4, 3) and (offload.points == 0).all() and (offload.powers_w == 1.0).all()
+    assert isinstance(make_policy("local", tiny), Policy)
+
+
+def test_random_baseline_is_seeded_and_in_range(tiny):
+    a = make_policy("random", tiny, seed=5).act(np.zeros((50, 12)))
+    b = make_policy("random", tiny, seed=5).act(np.zeros((50, 12)))
+    assert np.array_equal(a.points, b.points) and np.array_equal(a.powers_w, b.powers_w)
+    assert set(np.unique(a.points)) == set(range(6)) and set(np.unique(a.channels)) == {0, 1}
+    assert ((a.powers_w >= 1e-10) & (a.powers_w <= 1.0)).all()
+
+
+def _with_noise(tiny_toml, tmp_path, noise_w: str):
+    path = tmp_path / f"noise{noise_w}.toml"
+    path.write_text(tiny_toml.read_text().replace("noise_w = 1.0e-9", f"noise_w = {noise_w}"))
+    return load_scenario(path)
+
+
+def test_greedy_follows_the_radio(tiny_toml, tmp_path):
+    deaf = _with_noise(tiny_toml, tmp_path, "1.0")  # uploads take forever: stay local
+    assert (GreedyPolicy(deaf).act(state_of(deaf)).points == 5).all()
+    clear = _with_noise(tiny_toml, tmp_path, "1.0e-30")  # uploads are nearly free: offload
+    action = GreedyPolicy(clear).act(state_of(clear))
+    assert (action.points < 5).all() and list(action.channels) == [0, 1, 0]
+
+
+def test_greedy_reads_each_environments_distance(tiny):
+    sim = Simulator(tiny, num_envs=3, mode="train", seed=0)
+    sim.distance_m[:] = np.array([[2.0], [50.0], [100.0]])
+    actions = GreedyPolicy(tiny).act(sim.global_state())
+    assert actions.points.shape == (3, 3)
+    assert not np.array_equal(actions.powers_w[0], actions.powers_w[2])
+
+
+def test_search_is_at_least_as_good_as_its_starts(tiny):
+    result = coordinate_search(tiny, power_levels=4, starts=3, max_rounds=3)
+    local = evaluate_policy(make_policy("local", tiny), tiny).reward
+    greedy = evaluate_policy(make_policy("greedy", tiny, power_levels=4), tiny).reward
+    assert result.reward >= max(local, greedy) - 1e-9
+    fixed = make_policy("search", tiny, power_levels=4, starts=3, max_rounds=3)
+    assert evaluate_policy(fixed, tiny).reward == pytest.approx(result.reward)
+
+
+def test_search_prunes_candidates_that_fall_behind(tiny):
+    N = tiny.num_devices
+    points = np.array([[5] * N, [0] * N])
+    rewards = evaluate_fixed_actions(tiny, points, np.zeros((2, N), dtype=int), np.array([[0.1] * N, [1e-9] * N]), floor=-5.0)
+    assert np.isfinite(rewards[0]) and rewards[1] == -np.inf
+
+
+def test_baseline_options_only_for_baselines(tiny, tmp_path):
+    with pytest.raises(InvalidInput, match="only apply to the baselines"):
+        make_policy(tmp_path / "policy.json", tiny, power_levels=3)
+
+
+def test_sb3_ppo_trains_saves_and_loads(tiny_toml, tmp_path):
+    from coinfer.rl.sb3_ppo import Sb3PpoConfig, Sb3Policy, train_sb3_ppo
+
+    config = Sb3PpoConfig(scenario=str(tiny_toml), total_steps=512, num_envs=8, n_steps=32, n_epochs=2, eval_every_steps=256,
+                          pi_hidden=(32,), vf_hidden=(32,), seed=1)
+    result = train_sb3_ppo(config, tmp_path / "sb3")
+    assert result.steps == 512 and len(result.curve) == 2 and (tmp_path / "sb3" / "learning_curve.png").exists()
+    scenario = load_scenario(tiny_toml)
+    loaded = load_policy(tmp_path / "sb3", scenario)
+    assert isinstance(loaded, Sb3Policy)
+    assert evaluate_policy(loaded, scenario).reward == pytest.approx(result.final_eval_reward)
+    with pytest.raises(InvalidInput, match="trained for 3 devices"):
+        load_policy(tmp_path / "sb3", "mahppo-paper-resnet18")

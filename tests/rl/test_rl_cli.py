@@ -1,0 +1,49 @@
+"""The commands: ``coinfer rl train|eval|scenarios`` and ``coinfer simulate``, run in-process."""
+
+from __future__ import annotations
+
+import json
+
+from coinfer.cli import main
+
+EVAL_KEYS = {"latency_per_task_s", "task_latency_mean_s", "task_latency_p95_s", "energy_per_task_j", "reward", "finished_tasks"}
+
+
+def test_eval_writes_one_entry_per_policy(tiny_toml, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code = main(["rl", "eval", "--scenario", str(tiny_toml), "--policy", "local", "--policy", "greedy", "--policy", "random", "--episodes", "2", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {"local", "greedy", "random"}
+    for entry in report.values():
+        assert EVAL_KEYS <= set(entry) and entry["episodes"] == 2
+    assert report["local"]["finished_tasks"] == 36
+    assert "latency/task" in capsys.readouterr().out
+
+
+def test_train_then_eval_the_trained_policy(tiny_toml, tmp_path):
+    run = tmp_path / "run"
+    assert main(["rl", "train", "--scenario", str(tiny_toml), "--steps", "256", "--num-envs", "8", "--rollout-steps", "128", "--eval-every", "256", "--out", str(run), "--no-progress"]) == 0
+    assert (run / "policy.safetensors").exists() and (run / "learning_curve.png").exists()
+    out = tmp_path / "eval.json"
+    assert main(["rl", "eval", "--scenario", str(tiny_toml), "--policy", str(run), "--out", str(out)]) == 0
+    assert "mahppo" in json.loads(out.read_text())
+
+
+def test_simulate_narrates_every_slot_and_device(tiny_toml, capsys):
+    assert main(["simulate", "--scenario", str(tiny_toml), "--policy", "local"]) == 0
+    text = capsys.readouterr().out
+    assert "slot   0" in text and "device 2: point 5" in text and "done after" in text
+
+
+def test_bad_scenario_is_reported_without_traceback(tmp_path, capsys):
+    path = tmp_path / "broken.toml"
+    path.write_text('name = "broken"\n[network]\nnum_subchannels = 2\n')
+    assert main(["simulate", "--scenario", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.toml" in err and "network.subchannel_bandwidth_hz" in err and "Traceback" not in err
+
+
+def test_scenarios_lists_builtins(capsys):
+    assert main(["rl", "scenarios"]) == 0
+    assert "mahppo-paper-resnet18" in capsys.readouterr().out
