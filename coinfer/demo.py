@@ -1,6 +1,7 @@
-"""`coinfer demo`: the whole system on the embedded digits data, through the real CLI.
+"""`coinfer demo`: coinfer on the embedded digits data, through the real CLI and real processes.
 
-Stages, each a real `coinfer` subprocess whose progress streams to the terminal:
+By default the walking skeleton: a split CNN served by a coordinator and one edge daemon over
+gRPC. With ``--full``, the whole pipeline in five stages, each a real `coinfer` subprocess whose progress streams to the terminal:
 1. teacher + DEKD decomposition for 4 devices (`coinfer decompose --quick`);
 2. split-point CNN with autoencoders (`coinfer split --quick`) profiled on this machine
    (`coinfer profile`);
@@ -34,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", default="runs/demo", help="folder for everything the demo trains and writes")
     p.add_argument("--fresh", action="store_true", help="retrain everything instead of reusing the runs folder")
     p.add_argument("--rl-steps", type=int, default=DEMO_RL_STEPS, help=f"MAHPPO training steps (default {DEMO_RL_STEPS})")
-    p.add_argument("--skeleton", action="store_true", help="run only the one-device walking skeleton")
+    p.add_argument(
+        "--full", action="store_true",
+        help="run the whole pipeline (DEKD, split points, MAHPPO, 4-edge runtime) instead of the one-device walking skeleton",
+    )
     p.set_defaults(handler=_run)
 
 
@@ -98,7 +102,7 @@ eval_distance_m = 50.0
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.skeleton:
+    if not args.full:
         from coinfer.server.demo_skeleton import run_walking_skeleton
 
         return run_walking_skeleton(args)

@@ -64,8 +64,11 @@ class TargetRow:
     """One line of the benchmark table."""
 
     name: str
+    """What is measured."""
     target: str
+    """The issue's goal for it."""
     ours: float | None
+    """Our figure as a number (units as in ours_text)."""
     ours_text: str
     """Our figure with its context, as printed."""
     anchor: str
@@ -186,6 +189,12 @@ def run_benchmark(
         print(f"[bench] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     rows = _targets(runs["affinity"], runs["random"], runs["hetero"])
     wall = time.perf_counter() - started
+    load_after = os.getloadavg()
+    rows.append(TargetRow(
+        "benchmark wall time", "< 45 min on 2 idle cores", wall / 60,
+        f"{wall / 60:.1f} min, {torch.get_num_threads()} thread(s), load average {load_before[0]:.1f} -> {load_after[0]:.1f} "
+        f"on {os.cpu_count()} cores", "n/a", wall < 45 * 60,
+    ))
     result = {
         "settings": asdict(settings),
         "targets": [asdict(r) for r in rows],
@@ -193,7 +202,7 @@ def run_benchmark(
         "teacher_train_seconds": round(teacher_seconds, 1),
         "teacher": teacher_meta,
         "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
+        "load_average_after": load_after,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "reports": {name: r.to_dict() for name, r in runs.items()},

@@ -112,9 +112,10 @@ def _teacher_train(args: argparse.Namespace) -> int:
     from coinfer.core.data import load_dataset
     from coinfer.core.errors import InvalidInput
     from coinfer.core.training import TrainConfig, evaluate
-    from coinfer.server.dekd.parallel import is_main
+    from coinfer.server.dekd.parallel import is_main, world
     from coinfer.server.dekd.teacher import save_teacher, teacher_config, train_teacher
 
+    world()  # under torchrun: a gloo group, the tensors stay on the CPU
     for name in ("epochs", "batch_size"):
         _check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
     _set_threads(args.threads)
@@ -184,12 +185,13 @@ def _decompose(args: argparse.Namespace) -> int:
     from coinfer.core.errors import InvalidInput
     from coinfer.core.training import TrainConfig
     from coinfer.server.dekd.config import preset
-    from coinfer.server.dekd.parallel import is_main
+    from coinfer.server.dekd.parallel import is_main, world
     from coinfer.server.dekd.partition import check_group_count
     from coinfer.server.dekd.pipeline import decompose, validate
     from coinfer.server.dekd.speeds import parse_device_speeds
     from coinfer.server.dekd.teacher import check_compatible, load_teacher, teacher_config, train_teacher
 
+    world()  # under torchrun: a gloo group, the tensors stay on the CPU
     # Cheap checks first: a bad request must fail before any data is read or model trained.
     if isinstance(args.devices, bool) or args.devices < 2:
         raise InvalidInput(f"--devices must be at least 2, got {args.devices}")

@@ -7,13 +7,24 @@ training images) is sharded and gathered. Nothing is pickled between ranks.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from coinfer.core.training import distributed_context
 
 
 def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside torchrun."""
+    """(rank, world size); (0, 1) outside torchrun.
+
+    The DEKD stages keep their tensors on the CPU, so the process group is gloo's even where a
+    GPU would make the shared helper pick nccl.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
     return distributed_context()
 
 

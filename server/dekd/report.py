@@ -20,10 +20,13 @@ class TeacherFigures:
     """The model being decomposed."""
 
     accuracy: float
+    """Top-1 on the test split."""
     params: int
+    """Parameter count."""
     macs: int
     """Multiply-accumulates per image."""
     latency_ms: float
+    """Batch-1, one-thread latency on this machine."""
 
 
 @dataclass
@@ -31,10 +34,13 @@ class DeviceFigures:
     """One device's sub-model."""
 
     device: int
+    """Device index (bundle part ``device-{i}``)."""
     classes: list[int]
     """Class ids the sub-model specialised in."""
     params: int
+    """Parameter count of the deployed (head-less) sub-model."""
     macs: int
+    """Multiply-accumulates per image."""
     latency_ms: float
     """Measured on this machine."""
     payload_bytes: int
@@ -44,6 +50,7 @@ class DeviceFigures:
     scaled_latency_ms: float
     """latency_ms / speed: the device's own latency."""
     depth: int
+    """Transformer blocks kept."""
     heads: list[int]
     """Attention heads kept per block."""
     mlp_hidden: list[int]
@@ -57,11 +64,13 @@ class EnsembleFigures:
     """The N sub-models with the fusion head."""
 
     accuracy: float
+    """Top-1 on the test split with every device present."""
     accuracy_missing_one: list[float]
     """Accuracy with device i marked missing, one entry per device."""
     latency_ms: float
     """Critical path: the slowest device's scaled latency plus the fusion head's."""
     fusion_latency_ms: float
+    """Batch-1 latency of the fusion head."""
     params: int
     """All sub-models plus the fusion head."""
     latency_balance: float
@@ -74,9 +83,13 @@ class StudentFigures:
     """The single compact ViT of the same total parameters, trained with vanilla KD."""
 
     accuracy: float
+    """Top-1 on the test split."""
     params: int
+    """Parameter count (the ensemble's, within a few hundred)."""
     macs: int
+    """Multiply-accumulates per image."""
     latency_ms: float
+    """Batch-1, one-thread latency on this machine."""
     init: str = "scratch"
     """"scratch" (a fresh dense compact ViT) or "pruned" (the teacher pruned to the budget)."""
 
@@ -86,14 +99,21 @@ class DEKDReport:
     """Everything one ``coinfer decompose`` run measured."""
 
     dataset: str
+    """Dataset name."""
     num_classes: int
+    """Classes of the task."""
     devices: int
+    """N, the number of devices."""
     partition: list[list[int]]
     """Class ids of each device, in device order."""
     partition_method: str
+    """"affinity" or "random"."""
     class_names: list[str]
+    """Names of the class ids."""
     teacher: TeacherFigures
+    """The teacher's figures."""
     ensemble: EnsembleFigures
+    """The DeViT ensemble's figures."""
     single_student: StudentFigures | None
     """None when the run skipped the baseline."""
     speedup: float
@@ -105,9 +125,12 @@ class DEKDReport:
     config: dict[str, Any] = field(default_factory=dict)
     """The settings of the run."""
     schema: str = SCHEMA
+    """Report format identifier."""
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
         return asdict(self)
 
     def to_json(self) -> str:
+        """What ``report.json`` holds."""
         return json.dumps(self.to_dict(), indent=2) + "\n"

@@ -8,7 +8,8 @@ rate-accuracy PNG per backbone.
 
 Defaults are sized for well under an hour on 2 unshared cores: thin backbones, a subset of the
 training and test images, short bottleneck training, and two single-threaded worker processes
-(one backbone each). Backbone weights are kept in the output folder
+(one backbone each). Backbone weights and every measured row are kept in the output folder, so
+a rerun with the same settings skips what is done (an interrupted run resumes). Backbone weights are kept in the output folder
 and reused by a rerun with the same settings.
 
     python -m coinfer.server.split.bench --out runs/bench/split [--quick]
@@ -116,8 +117,37 @@ def _backbone(config: BenchConfig, name: str, splits, folder: Path):
     return model.eval(), False
 
 
+def _rows_key(config: BenchConfig, name: str) -> dict:
+    """Everything a row depends on: a rerun with the same key reuses the rows already measured."""
+    train = {k: v for k, v in asdict(config.bottleneck_train).items() if k != "progress"}
+    return {**_settings_key(config, name), "bottleneck_train_images": config.bottleneck_train_images,
+            "test_images": config.test_images, "bits": list(config.bits), "bottleneck_train": train}
+
+
+class _RowCache:
+    """Rows measured so far for one backbone, saved after every bottleneck so a run can resume."""
+
+    def __init__(self, path: Path, key: dict, valid: bool) -> None:
+        self.path, self.key = path, key
+        self.rows: list[Row] = []
+        if valid and path.is_file():
+            data = json.loads(path.read_text())
+            if data.get("key") == json.loads(json.dumps(key)):
+                self.rows = [Row(**{**r, "latent_shape": tuple(r["latent_shape"])}) for r in data["rows"]]
+
+    def get(self, point: int, design: str, reduction: float, bits: tuple[int, ...]) -> list[Row] | None:
+        found = [r for r in self.rows if (r.point, r.design, r.reduction) == (point, design, reduction)]
+        return found if sorted(r.bits for r in found) == sorted(bits) else None
+
+    def add(self, rows: list[Row]) -> None:
+        self.rows += rows
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"key": self.key, "rows": [asdict(r) for r in self.rows]}, indent=1) + "\n")
+        tmp.replace(self.path)
+
+
 def bench_backbone(config: BenchConfig, name: str, splits, folder: Path) -> dict:
-    """Every row of one backbone, its targets and its PNG."""
+    """Every row of one backbone, its targets and its PNG (rows of an interrupted run are reused)."""
     from coinfer.core.measure import accuracy, predict
     from coinfer.core.data import to_float
     from coinfer.server.split import sizing
@@ -130,34 +160,47 @@ def bench_backbone(config: BenchConfig, name: str, splits, folder: Path) -> dict
     backbone_acc = accuracy(predict(model, to_float(splits.test.x)), splits.test.y)
     print(f"[split bench] {name}: backbone test accuracy {100 * backbone_acc:.2f}% "
           f"({'reused' if reused else f'trained in {backbone_s:.0f} s'})", flush=True)
+    cache = _RowCache(folder / f"{name}-rows.json", _rows_key(config, name), valid=reused)
     rows: list[Row] = []
+    rows_reused = 0
     fp32: dict[int, int] = {}
     last = model.num_points - 1
     train_cfg = dataclasses.replace(config.bottleneck_train, seed=config.seed, progress=config.progress)
     for point in range(1, last):
-        feats = compute_point_features(model, point, splits, config.bottleneck_train_images, config.seed,
-                                       include_val=False)
-        tail = model.segment(point, last)
-        fp32[point] = sizing.fp32_bytes(feats.feature_shape)
+        shape = model.feature_shape(point)
+        fp32[point] = sizing.fp32_bytes(shape)
+        feats = tail = None
         for design in config.designs:
             seen = set()
             for reduction in config.reductions:
-                bcfg = sizing.for_reduction(feats.feature_shape, design, reduction)
+                bcfg = sizing.for_reduction(shape, design, reduction)
                 if bcfg in seen:  # a narrow feature gives the same one-channel latent twice
                     continue
                 seen.add(bcfg)
+                done = cache.get(point, design, reduction, config.bits)
+                if done is not None:
+                    rows += done
+                    rows_reused += len(done)
+                    continue
+                if feats is None:
+                    feats = compute_point_features(model, point, splits, config.bottleneck_train_images, config.seed,
+                                                   include_val=False)
+                    tail = model.segment(point, last)
                 t0 = time.perf_counter()
                 ae, _ = train_bottleneck(bcfg, feats, tail, train_cfg, desc=f"{name} p{point} {design} /{reduction:g}")
                 train_s = time.perf_counter() - t0
+                measured = []
                 for bits in config.bits:
                     ev = evaluate_bottleneck(ae, tail, feats.test, feats.test_labels, bits, None)
-                    rows.append(Row(point, model.point_names[point], design, reduction, bcfg.latent_shape(1), bits,
-                                    ev.accuracy, round(ev.payload_bytes_mean, 2),
-                                    round(fp32[point] / ev.payload_bytes_mean, 2), round(train_s, 1)))
-                    r = rows[-1]
+                    r = Row(point, model.point_names[point], design, reduction, bcfg.latent_shape(1), bits,
+                            ev.accuracy, round(ev.payload_bytes_mean, 2),
+                            round(fp32[point] / ev.payload_bytes_mean, 2), round(train_s, 1))
+                    measured.append(r)
                     print(f"[split bench] {name} p{point} {design:<5} /{reduction:<4g} {bits}-bit latent "
                           f"{list(r.latent_shape)}: acc {100 * r.accuracy:6.2f}%  {r.payload_bytes:8.1f} B  "
                           f"{r.compression:7.1f}x", flush=True)
+                cache.add(measured)
+                rows += measured
         del feats
     comp = compression_target(rows, backbone_acc, config.min_compression, config.max_drop)
     eq = equal_payload(rows)
@@ -166,6 +209,7 @@ def bench_backbone(config: BenchConfig, name: str, splits, folder: Path) -> dict
     return {
         "backbone_accuracy": backbone_acc,
         "backbone_reused": reused,
+        "rows_reused": rows_reused,
         "point_names": list(model.point_names),
         "point_fp32_bytes": fp32,
         "rows": [asdict(r) for r in rows],

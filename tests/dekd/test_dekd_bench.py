@@ -13,7 +13,7 @@ def test_the_benchmark_reports_every_target_beside_devits_figure(tmp_path, capsy
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["targets"] == result["targets"]
     names = [row["name"] for row in written["targets"]]
-    assert len(names) == 7 and any("speedup" in n for n in names) and any("balance" in n for n in names)
+    assert len(names) == 8 and any("speedup" in n for n in names) and any("balance" in n for n in names)
     for row in written["targets"]:
         assert isinstance(row["ours"], float) and row["anchor"] and row["met"] in (True, False, None)
     assert set(written["reports"]) == {"affinity", "random", "hetero"}

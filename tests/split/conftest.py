@@ -22,8 +22,10 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def split_run(tmp_path_factory) -> tuple[Path, object]:
     """(bundle path, report) of a tiny ResNet18 split on digits with both designs tried."""
+    from coinfer.core.measure import torch_threads
     from coinfer.server.split.pipeline import run_split
 
     out = tmp_path_factory.mktemp("split") / "bundle"
-    report = run_split(tiny_config(), out)
+    with torch_threads(1):  # session fixtures start before the module-scoped thread setting
+        report = run_split(tiny_config(), out)
     return out, report

@@ -67,7 +67,15 @@ def test_tiny_benchmark_writes_rows_targets_and_plots(tmp_path: Path) -> None:
     assert Path(result["png"]).stat().st_size > 10_000
     for target in summary["targets"]:
         assert {"name", "ours", "target", "anchor", "met"} <= target.keys()
-    # A rerun with the same settings reuses the trained backbone.
+    # A rerun with the same settings reuses the trained backbone and every measured row.
     again = run_benchmark(tmp_path, quick=True, config=config)
     assert again["backbones"]["vgg11"]["backbone_reused"]
+    assert again["backbones"]["vgg11"]["rows_reused"] == len(rows)
+    assert again["backbones"]["vgg11"]["rows"] == rows
     assert again["backbones"]["vgg11"]["backbone_accuracy"] == result["backbone_accuracy"]
+    # Other bottleneck settings measure again.
+    import dataclasses
+
+    changed = dataclasses.replace(config, bottleneck_train=dataclasses.replace(config.bottleneck_train, recon_steps=16))
+    third = run_benchmark(tmp_path, quick=True, config=dataclasses.replace(changed, reductions=(4.0,)))
+    assert third["backbones"]["vgg11"]["rows_reused"] == 0
