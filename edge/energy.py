@@ -11,7 +11,7 @@ model, the usual first-order model of CPU power,
 
     energy_j = static_power_w * wall_s + active_power_per_core_w * cpu_s
 
-where ``cpu_s`` is the user + system CPU time of this process over the work (psutil; all its
+where ``cpu_s`` is the user + system CPU time of this process over the work (time.process_time(); all its
 threads together), so ``cpu_s / wall_s`` is the number of busy cores. ``static_power_w`` is the
 idle power charged to the work while it runs (0 on a shared server, whose idle power is not the
 job's; the board's idle power on a dedicated device). The presets below are rough, documented
@@ -182,14 +182,12 @@ class _Span:
     """Wall clock and process CPU time between start() and stop()."""
 
     def __init__(self) -> None:
-        import psutil
-
-        self._process = psutil.Process()
         self._t0 = self._cpu0 = 0.0
 
     def _cpu(self) -> float:
-        times = self._process.cpu_times()
-        return times.user + times.system
+        # The process CPU clock (all threads, user + system) at nanosecond resolution: psutil's
+        # tick-based times read 0 for a short window on a loaded machine.
+        return time.process_time()
 
     def start(self) -> None:
         self._cpu0 = self._cpu()
@@ -263,4 +261,4 @@ def describe_meter(meter: RaplMeter | ModelledMeter) -> dict:
         return {"energy_source": "measured", "rapl_domains": [d.name for d in meter.domains],
                 "note": "whole-package energy; includes other processes on a shared machine"}
     return {"energy_source": "modelled", "power_model": asdict(meter.model),
-            "formula": "static_power_w * wall_s + active_power_per_core_w * cpu_s (psutil process CPU time)"}
+            "formula": "static_power_w * wall_s + active_power_per_core_w * cpu_s (process CPU time)"}
