@@ -88,3 +88,24 @@ def test_unknown_arch_lists_bottlenecks_and_backbones() -> None:
         build_model({"arch": "ae-nope"})
     for name in ("ae-encoder", "ae-decoder", "resnet18", "vit"):
         assert name in str(err.value)
+
+
+def test_bottleneck_training_is_deterministic_for_a_seed() -> None:
+    from coinfer.core.data import load_dataset
+    from coinfer.server.split import sizing
+    from coinfer.server.split.backbones import backbone_config
+    from coinfer.server.split.train import BottleneckTrainConfig, compute_point_features, train_bottleneck
+
+    splits = load_dataset("digits")
+    torch.manual_seed(0)
+    model = build_model(backbone_config("vgg11", splits, 0.25)).eval()
+    feats = compute_point_features(model, 1, splits, max_train_images=256)
+    tail = model.segment(1, 5)
+    train = BottleneckTrainConfig(recon_steps=6, distill_steps=4, batch_size=32, qat_bits=(4, 2), progress=False)
+    for design in ("paper", "ours"):
+        config = sizing.for_reduction(feats.feature_shape, design, 4)
+        (a, log_a), (b, log_b) = (train_bottleneck(config, feats, tail, train) for _ in range(2))
+        assert log_a.recon_loss == log_b.recon_loss and log_a.distill_loss == log_b.distill_loss
+        for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(pa, pb), name
+        assert len(log_a.recon_loss) == 6 and len(log_a.distill_loss) == 4
