@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sched.add_argument("--split-point", type=int, help="split point of every device when no --policy is given (default: the bundle's)")
     sched.add_argument("--decision-log", type=Path, help="append every slot's observation and decisions here (JSON lines)")
     sched.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    sched.add_argument("--testbed", metavar="PREFIX", help="shape each testbed device's uplink from the power the scheduler "
+                       "picks (the testbed `coinfer testbed up --prefix PREFIX` made; root; needs --policy)")
+    sched.add_argument("--testbed-state-dir", type=Path, help="state folder of that testbed (default: the testbed's default)")
     devit = p.add_argument_group("DeViT fan-out")
     devit.add_argument("--devit-timeout-ms", type=float, default=2000.0, help="longest a fan-out waits for sub-model features (default 2000 ms)")
     devit.add_argument("--min-devices", type=int, default=0, help="fewest sub-model features to answer with (default: half, rounded up)")
@@ -68,6 +71,10 @@ def _serve(args: argparse.Namespace) -> int:
         raise InvalidInput("--slot-ms, --device-timeout-s and --min-devices must not be negative")
     if args.policy is None and (args.scenario or args.slot_ms or args.decision_log):
         raise InvalidInput("--scenario, --slot-ms and --decision-log need a --policy")
+    if args.policy is None and args.testbed:
+        raise InvalidInput("--testbed shapes links from the scheduler's powers: give a --policy")
+    if args.testbed_state_dir is not None and not args.testbed:
+        raise InvalidInput("--testbed-state-dir needs --testbed PREFIX")
     if args.policy is not None and args.split_point is not None:
         raise InvalidInput("--split-point fixes every device's point when no --policy decides; give one or the other")
     set_torch_threads(args.threads)
@@ -94,6 +101,11 @@ def _serve(args: argparse.Namespace) -> int:
         key_file=args.tls_key if mutual else None,
         token=read_token(args.token_file),
     )
+    link_shaper = None
+    if args.testbed:
+        from coinfer.server.link_shaper import TestbedLinkShaper
+
+        link_shaper = TestbedLinkShaper.attach(args.testbed, args.testbed_state_dir)
     server = start_coordinator(
         args.bundle,
         options,
@@ -102,6 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
         devit=DeViTServeConfig(timeout_s=args.devit_timeout_ms / 1e3, min_devices=args.min_devices),
         edge_security=edge_security,
         metrics_port=args.metrics_port,
+        link_shaper=link_shaper,
     )
     models = ", ".join(repr(n) for n in server.coordinator.catalog.model_names())
     print(f"coordinator serving {models} on {server.address}", flush=True)

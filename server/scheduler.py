@@ -10,7 +10,9 @@ request, as in the simulator.
 
 Transmit power: on a wired or loopback link the power cannot change the link, so it only
 enters the energy accounting (each device reports power x upload time); on a radio link a
-device daemon would hand it to its driver (or the testbed shapes the link from it).
+device daemon would hand it to its driver. Every slot's decisions also go to a link shaper
+(`link_shaper.py`): none by default; on the testbed (``coinfer serve --testbed PREFIX``) it sets
+each device's uplink rate from its power with the simulator's channel model.
 
 Every slot's decisions are logged (INFO when one changes, and as JSON lines with
 ``decision_log``) and exported as metrics.
@@ -29,6 +31,7 @@ import numpy as np
 
 from coinfer.core.errors import FailedPrecondition, InvalidInput
 from coinfer.server.coordinator import Coordinator
+from coinfer.server.link_shaper import LinkDecision, LinkShaper, NoLinkShaper
 from coinfer.server.observation import LiveDeviceState, ObservationBuilder
 from coinfer.server.registry import Decision, DeviceRecord
 
@@ -72,7 +75,8 @@ def resolve_scenario(policy: str, scenario: str | None, backbone: str):
 class Scheduler:
     """Runs a policy every slot on the coordinator's live devices."""
 
-    def __init__(self, coordinator: Coordinator, config: SchedulerConfig) -> None:
+    def __init__(self, coordinator: Coordinator, config: SchedulerConfig, shaper: LinkShaper | None = None) -> None:
+        """``shaper`` receives every slot's decisions (default: none, links are left as they are)."""
         from coinfer.rl.policy import make_policy
 
         split = coordinator.catalog.split
@@ -88,6 +92,7 @@ class Scheduler:
             )
         self.policy = make_policy(config.policy, self.scenario, seed=config.seed)
         self.policy.reset()
+        self.shaper: LinkShaper = shaper if shaper is not None else NoLinkShaper()
         self.builder = ObservationBuilder(self.scenario)
         self.slot_s = config.slot_s if config.slot_s is not None else self.scenario.episode.slot_s
         if self.slot_s <= 0:
@@ -178,9 +183,26 @@ class Scheduler:
                     if r.device_id in changed
                 ),
             )
+        self._shape(records, applied)
         if self.config.decision_log is not None:
             self._write_log(records, observation, applied, changed)
         return applied
+
+    def _shape(self, records: list[DeviceRecord], applied: dict[str, Decision]) -> None:
+        decisions = [
+            LinkDecision(
+                name=r.info.name,
+                address=r.info.address,
+                sub_channel=applied[r.device_id].sub_channel,
+                power_w=applied[r.device_id].power_w,
+                uploading=bool(r.load is not None and r.load.in_offload > 0),
+            )
+            for r in records
+        ]
+        try:
+            self.shaper.apply(decisions)
+        except Exception:  # noqa: BLE001 - a link that cannot be shaped must not stop scheduling
+            log.exception("slot %d: link shaping failed", self.slots)
 
     def _write_log(self, records, observation, applied, changed) -> None:
         line = {

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from coinfer.core.errors import InvalidInput
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
 from coinfer.protos import inference_pb2_grpc as pb_grpc
 from coinfer.protos import oip_service
@@ -18,6 +19,7 @@ from coinfer.server import servicer
 from coinfer.server.catalog import CoordinatorModels, ModelCatalog
 from coinfer.server.coordinator import Coordinator, CoordinatorConfig
 from coinfer.server.devit_service import DeViTServeConfig
+from coinfer.server.link_shaper import LinkShaper
 from coinfer.server.metrics import CoordinatorMetrics
 from coinfer.server.scheduler import Scheduler, SchedulerConfig
 
@@ -58,13 +60,19 @@ def start_coordinator(
     devit: DeViTServeConfig | None = None,
     edge_security: ClientSecurity | None = None,
     metrics_port: int = 0,
+    link_shaper: LinkShaper | None = None,
 ) -> CoordinatorServer:
-    """Load (and verify) the bundles, then serve them; returns once the port is bound."""
+    """Load (and verify) the bundles, then serve them; returns once the port is bound.
+
+    ``link_shaper`` receives the scheduler's decisions every slot (it needs ``scheduler``).
+    """
+    if link_shaper is not None and scheduler is None:
+        raise InvalidInput("a link shaper follows the scheduler's powers: give a scheduler (a policy) too")
     dirs = [bundle_dirs] if isinstance(bundle_dirs, (str, Path)) else list(bundle_dirs)
     catalog = ModelCatalog.load(dirs, devit)
     metrics = CoordinatorMetrics()
     coordinator = Coordinator(catalog, config, edge_security=edge_security, metrics=metrics, max_message_bytes=options.max_message_bytes)
-    sched = Scheduler(coordinator, scheduler) if scheduler is not None else None
+    sched = Scheduler(coordinator, scheduler, link_shaper) if scheduler is not None else None
     coordinator.check_timeouts()
     host, _ = split_host_port(options.listen)
     metrics_server = serve_metrics(metrics, host, metrics_port, options.security, options.allow_plaintext_remote)
