@@ -307,6 +307,8 @@ class Bundle:
             raise InvalidInput(f"part {name!r} of {self.path}: config.segment must be [start, end], got {segment!r}")
         module = build_model(config)
         if segment is not None:
+            if not callable(getattr(module, "segment", None)):  # the bottleneck halves have no split points
+                raise InvalidInput(f"part {name!r} of {self.path}: config.segment applies to backbones, not to arch {config['arch']!r}")
             module = module.segment(*segment)
         state = self.load_state(name)
         try:

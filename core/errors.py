@@ -27,6 +27,10 @@ class Unavailable(CoinferError):
     """Too few peers answered in time to produce a result."""
 
 
+class DeadlineExceeded(CoinferError):
+    """The caller's deadline leaves no time to do the work it asked for."""
+
+
 class FailedPrecondition(CoinferError):
     """The request is well formed but the system is not in a state to serve it."""
 

@@ -86,39 +86,68 @@ def _opt_str(value: Any, where: str) -> str | None:
     return value
 
 
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _count(value: Any, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInput(f"{where} must be an integer >= {minimum}, got {value!r:.40}")
+    return value
+
+
+def _read_point(p: Any, where: str) -> PointPlan:
+    if not isinstance(p, dict):
+        raise InvalidInput(f"{where} must be an object, got {type(p).__name__}")
+    for key in ("index", "name"):
+        if key not in p:
+            raise InvalidInput(f"{where} is missing field {key!r}")
+    compress = p.get("compress", False)
+    bits = p.get("bits", 0)
+    if compress not in (True, False, None) or isinstance(bits, bool) or bits not in (0, 2, 4, 8):
+        raise InvalidInput(f"{where}: bits must be 0, 2, 4 or 8 and compress true, false or null")
+    return PointPlan(
+        index=_count(p["index"], f"{where}.index", 0),
+        name=_text(p["name"], f"{where}.name"),
+        head=_opt_str(p.get("head"), f"{where}.head"),
+        encoder=_opt_str(p.get("encoder"), f"{where}.encoder"),
+        decoder=_opt_str(p.get("decoder"), f"{where}.decoder"),
+        tail=_opt_str(p.get("tail"), f"{where}.tail"),
+        bits=int(bits),
+        compress=compress,
+    )
+
+
 def load_split_plan(bundle: Bundle) -> SplitPlan:
-    """Read and check the split section of a bundle; a bundle of another kind is refused."""
+    """Read and check the split section of a bundle; a bundle of another kind is refused.
+
+    Every problem raises InvalidInput naming the bundle and the field (``metadata.split.points[2].bits``).
+    """
     raw = bundle.metadata.get("split")
     if not isinstance(raw, dict) or raw.get("schema") != SPLIT_SCHEMA:
         raise InvalidInput(f"{bundle.path} is not a split bundle (no metadata.split with schema {SPLIT_SCHEMA!r})")
-    try:
-        points = []
-        for i, p in enumerate(raw["points"]):
-            where = f"{bundle.path}: metadata.split.points[{i}]"
-            compress = p.get("compress", False)
-            if compress not in (True, False, None) or p.get("bits", 0) not in (0, 2, 4, 8):
-                raise InvalidInput(f"{where}: bits must be 0, 2, 4 or 8 and compress true, false or null")
-            points.append(
-                PointPlan(
-                    index=int(p["index"]),
-                    name=str(p["name"]),
-                    head=_opt_str(p.get("head"), f"{where}.head"),
-                    encoder=_opt_str(p.get("encoder"), f"{where}.encoder"),
-                    decoder=_opt_str(p.get("decoder"), f"{where}.decoder"),
-                    tail=_opt_str(p.get("tail"), f"{where}.tail"),
-                    bits=int(p.get("bits", 0)),
-                    compress=compress,
-                )
-            )
-        plan = SplitPlan(
-            backbone=str(raw["backbone"]),
-            dataset=str(raw["dataset"]),
-            input_shape=tuple(int(d) for d in raw["input_shape"]),  # type: ignore[arg-type]
-            num_classes=int(raw["num_classes"]),
-            points=tuple(points),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidInput(f"{bundle.path}: malformed metadata.split ({exc!r})") from exc
+    where = f"{bundle.path}: metadata.split"
+    for key in ("backbone", "dataset", "input_shape", "num_classes", "points"):
+        if key not in raw:
+            raise InvalidInput(f"{where} is missing field {key!r}")
+    entries = raw["points"]
+    if not isinstance(entries, list) or not entries:
+        raise InvalidInput(f"{where}.points must be a non-empty list of point objects")
+    points = tuple(_read_point(p, f"{where}.points[{i}]") for i, p in enumerate(entries))
+    if len({p.index for p in points}) != len(points):
+        raise InvalidInput(f"{where}.points: two points share an index ({[p.index for p in points]})")
+    shape = raw["input_shape"]
+    if not isinstance(shape, list) or len(shape) != 3:
+        raise InvalidInput(f"{where}.input_shape must be [channels, height, width], got {shape!r:.60}")
+    plan = SplitPlan(
+        backbone=_text(raw["backbone"], f"{where}.backbone"),
+        dataset=_text(raw["dataset"], f"{where}.dataset"),
+        input_shape=tuple(_count(d, f"{where}.input_shape", 1) for d in shape),  # type: ignore[arg-type]
+        num_classes=_count(raw["num_classes"], f"{where}.num_classes", 1),
+        points=points,
+    )
     for p in plan.points:
         for part in (p.head, p.encoder, p.decoder, p.tail):
             if part is not None:

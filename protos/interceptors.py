@@ -17,6 +17,7 @@ import grpc
 
 from coinfer.core.errors import (
     CoinferError,
+    DeadlineExceeded,
     FailedPrecondition,
     IntegrityError,
     InvalidInput,
@@ -33,6 +34,7 @@ STATUS_OF_ERROR: tuple[tuple[type[CoinferError], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (IntegrityError, grpc.StatusCode.DATA_LOSS),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )

@@ -8,17 +8,28 @@ sub-channels or state features, naming both numbers.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import reprlib
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from coinfer.core.errors import InvalidInput, NotFound
-from coinfer.rl.scenario import Scenario
+from coinfer.core.errors import IntegrityError, InvalidInput, NotFound
+from coinfer.rl.scenario import MAX_DEVICES, Scenario
 from coinfer.rl.sim.core import feature_names
 
 POLICY_FORMAT = "coinfer.policy/1"
+MAX_NETWORK_SIZE = 4096
+"""Largest layer width, split-point, sub-channel or power-level count a policy file may ask for:
+the networks are built before their weights are read, so a damaged number must fail here, not
+as an allocation of terabytes."""
+MAX_LAYERS = 16
+"""Most hidden layers a policy file may ask for per network."""
 
 
 @dataclass(frozen=True)
@@ -82,29 +93,135 @@ def _json_path(path: str | Path) -> Path:
     return path
 
 
+# Field checks: each returns the value as the spec holds it, or raises _Refused saying what it must be.
+
+
+class _Refused(Exception):
+    """A policy-file field failed its check; the message completes "field 'x' ..."."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if not (_is_int(value) and low <= value <= high):
+            raise _Refused(f"must be an integer from {low} to {high}")
+        return value
+    return check
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Refused("must be a string")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Refused("must be true or false")
+    return value
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+        raise _Refused("must be a non-empty list of strings")
+    return tuple(value)
+
+
+def _powers(value: Any) -> tuple[float, ...]:
+    if not (isinstance(value, list) and all(_is_number(v) for v in value)):
+        raise _Refused("must be a list of finite numbers")
+    return tuple(float(v) for v in value)
+
+
+def _hidden(value: Any) -> tuple[int, ...]:
+    if not (isinstance(value, list) and len(value) <= MAX_LAYERS and all(_is_int(v) and 1 <= v <= MAX_NETWORK_SIZE for v in value)):
+        raise _Refused(f"must be a list of at most {MAX_LAYERS} layer widths, each from 1 to {MAX_NETWORK_SIZE}")
+    return tuple(value)
+
+
+def _power_scale(value: Any) -> str:
+    if value not in ("linear", "log"):
+        raise _Refused("must be 'linear' or 'log'")
+    return value
+
+
+def _table(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise _Refused("must be a JSON object")
+    return value
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "algo": _text,
+    "scenario": _text,
+    "num_devices": _int_in(1, MAX_DEVICES),
+    "num_points": _int_in(1, MAX_NETWORK_SIZE),
+    "num_subchannels": _int_in(1, MAX_NETWORK_SIZE),
+    "feature_names": _names,
+    "power_low_w": _powers,
+    "power_high_w": _powers,
+    "share_actor": _flag,
+    "max_devices": _int_in(0, MAX_DEVICES),
+    "actor_hidden": _hidden,
+    "critic_hidden": _hidden,
+    "power_levels": _int_in(0, MAX_NETWORK_SIZE),
+    "power_scale": _power_scale,
+    "extra": _table,
+}
+
+
+def policy_spec_from_dict(data: Any, source: str) -> PolicySpec:
+    """Validate a decoded policy description; every problem names the field and ``source``."""
+    if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT:
+        raise InvalidInput(f"{source}: field 'format' must be {POLICY_FORMAT!r}")
+    declared = {f.name: f for f in fields(PolicySpec)}
+    unknown = sorted(set(data) - set(declared) - {"format"})
+    if unknown:
+        raise InvalidInput(f"{source}: unknown field {unknown[0]!r}")
+    values: dict[str, Any] = {}
+    for name, spec_field in declared.items():
+        if name not in data:
+            if spec_field.default is MISSING and spec_field.default_factory is MISSING:
+                raise InvalidInput(f"{source}: missing field {name!r}")
+            continue
+        try:
+            values[name] = _FIELD_CHECKS[name](data[name])
+        except _Refused as why:
+            raise InvalidInput(f"{source}: field {name!r} {why}, got {reprlib.repr(data[name])}") from None
+    spec = PolicySpec(**values)
+    for name in ("power_low_w", "power_high_w"):
+        if len(getattr(spec, name)) != spec.num_devices:
+            raise InvalidInput(f"{source}: field {name!r} must have one entry per device ({spec.num_devices}), "
+                               f"got {len(getattr(spec, name))}")
+    return spec
+
+
 def read_policy_spec(path: str | Path) -> tuple[PolicySpec, Path]:
+    """The checked description of a saved policy, and the path of its JSON file."""
     json_path = _json_path(path)
     try:
-        data = json.loads(json_path.read_text())
+        data = json.loads(json_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"{json_path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT:
-        raise InvalidInput(f"{json_path}: field 'format' must be {POLICY_FORMAT!r}")
-    data.pop("format")
-    try:
-        spec = PolicySpec(**data)
-    except TypeError as exc:
-        raise InvalidInput(f"{json_path}: {exc}") from exc
-    for key in ("feature_names", "power_low_w", "power_high_w", "actor_hidden", "critic_hidden"):
-        object.__setattr__(spec, key, tuple(getattr(spec, key)))
-    return spec, json_path
+    return policy_spec_from_dict(data, str(json_path)), json_path
 
 
 def read_policy_tensors(json_path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of the weights file beside ``json_path``; a damaged file raises IntegrityError naming it."""
     weights = json_path.with_suffix(".safetensors")
     if not weights.is_file():
         raise NotFound(f"no weights file {str(weights)!r} beside {json_path}")
-    return load_file(str(weights))
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise IntegrityError(f"{weights}: not a valid safetensors file ({exc})") from exc
 
 
 def check_compatible(spec: PolicySpec, scenario: Scenario, source: str) -> None:

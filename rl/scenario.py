@@ -26,6 +26,10 @@ ArrivalModelName = Literal["batch", "poisson-stream"]
 ServerModelName = Literal["none", "shared"]
 Mode = Literal["train", "eval"]
 
+MAX_DEVICES = 1024
+"""Most devices one scenario may hold, over all groups: far past any cell the paper or a testbed
+simulates, and small enough that a mistyped count fails here instead of exhausting memory."""
+
 
 @dataclass(frozen=True)
 class NetworkConfig:
@@ -164,8 +168,8 @@ class Scenario:
 
     def with_num_devices(self, num_devices: int) -> "Scenario":
         """The same cell with ``num_devices`` copies of the first device (for device-count sweeps)."""
-        if num_devices < 1:
-            raise InvalidInput(f"the number of devices must be >= 1, got {num_devices}")
+        if not 1 <= num_devices <= MAX_DEVICES:
+            raise InvalidInput(f"the number of devices must be 1 to {MAX_DEVICES}, got {num_devices}")
         return replace(self, devices=(self.devices[0],) * num_devices, name=f"{self.name}@n={num_devices}")
 
 
@@ -258,6 +262,11 @@ def _read_devices(root: _Table, base_dir: Path | None) -> tuple[DeviceSpec, ...]
     for g, group in enumerate(groups):
         t = _Table(group, f"devices[{g}]", root.source)
         count = t.integer("count", low=1)
+        if len(devices) + count > MAX_DEVICES:
+            raise InvalidInput(
+                f"{root.source}: field 'devices[{g}].count' is {count}, which makes more than {MAX_DEVICES} "
+                f"devices in the scenario (at most {MAX_DEVICES - len(devices)} more fit)"
+            )
         profile_ref = t.text("profile")
         try:
             profile = _load_profile_ref(profile_ref, base_dir)
@@ -365,14 +374,22 @@ def load_scenario(name_or_path: "str | Path | Scenario") -> Scenario:
     text = str(name_or_path)
     if text in builtin_scenario_names():
         resource = resources.files("coinfer.rl") / "scenarios" / f"{text}.toml"
-        return _parse(resource.read_text(), f"built-in scenario {text}", None)
+        return _parse(_read_text(resource, f"built-in scenario {text}"), f"built-in scenario {text}", None)
     path = Path(text)
     if not path.is_file():
         raise NotFound(
             f"no scenario file {text!r} and no built-in scenario of that name "
             f"(built-in: {', '.join(builtin_scenario_names())})"
         )
-    return _parse(path.read_text(), str(path), path.parent)
+    return _parse(_read_text(path, str(path)), str(path), path.parent)
+
+
+def _read_text(file: Any, source: str) -> str:
+    """The text of a file or package resource; TOML is UTF-8 by definition, other bytes are refused."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{source}: not a UTF-8 text file (byte {exc.start}: {exc.reason})") from exc
 
 
 def _parse(text: str, source: str, base_dir: Path | None) -> Scenario:

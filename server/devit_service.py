@@ -23,7 +23,7 @@ import numpy as np
 
 from coinfer.core.bundle import Bundle
 from coinfer.core.codec import tensor_from_raw, tensor_to_raw
-from coinfer.core.errors import InvalidInput, Unavailable
+from coinfer.core.errors import DeadlineExceeded, InvalidInput, Unavailable
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
 from coinfer.protos.oip import TensorMeta
@@ -159,6 +159,12 @@ class DeViTServing:
         images = inputs[IMAGE_INPUT]
         now = time.monotonic()
         deadline = min(now + call.remaining_s(self.config.timeout_s) - self.config.margin_s, now + self.config.timeout_s)
+        if deadline <= now:
+            # Fanning out would only produce an answer nobody waits for.
+            raise DeadlineExceeded(
+                f"model {self.name!r}: the request's deadline leaves {call.remaining_s(0.0) * 1e3:.1f} ms, less than the "
+                f"{self.config.margin_s * 1e3:.1f} ms kept for fusion and reply; allow more time (deadline_ms or the call's deadline)"
+            )
         holders = self.router.holders(self.name)
         datatype, shape, raw = tensor_to_raw(images)
         missing: dict[int, str] = {}

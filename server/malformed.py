@@ -2,10 +2,10 @@
 
 Each case builds one request from a `FuzzTarget` (the models, shapes and parts a deployment
 serves) and a seeded random generator, and names the status codes that count as a precise
-refusal. Requests are sent as serialised bytes over generic calls (`send`), so a case can also
-send bytes that are not a valid message at all. The reliability tests run every case against
-in-process daemons; the reliability benchmark draws ten thousand of them against real
-processes.
+refusal. Requests are serialised bytes sent over generic calls (`coinfer.server.raw_calls`), so a
+case can also send bytes that are not a valid message at all. The reliability tests run every
+case against in-process daemons; the reliability benchmark draws ten thousand of them against
+real processes.
 
 Services: ``"oip"`` (the Open Inference Protocol front door of the coordinator and of every
 edge), ``"coordinator"`` (coinfer.v1.Coordinator) and ``"edge"`` (coinfer.v1.Edge).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -28,13 +27,7 @@ from coinfer.core.codec import encode, to_bytes
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import inference_pb2 as pb
 from coinfer.protos.oip import build_infer_request
-
-Code = grpc.StatusCode
-OIP = "/inference.GRPCInferenceService/"
-COORDINATOR = "/coinfer.v1.Coordinator/"
-EDGE = "/coinfer.v1.Edge/"
-IMPRECISE = frozenset({Code.INTERNAL, Code.UNKNOWN})
-"""Statuses that say nothing useful: a bug, or gRPC's own answer to an undecodable message."""
+from coinfer.server.raw_calls import COORDINATOR, EDGE, OIP, Code, MalformedCall
 
 
 @dataclass(frozen=True)
@@ -98,22 +91,6 @@ def target_from_bundles(split: Bundle, devit: Bundle | None = None, *, max_messa
         max_message_bytes=max_message_bytes,
         submodel=submodel,
     )
-
-
-@dataclass(frozen=True)
-class MalformedCall:
-    """One request ready to send, and the statuses that answer it precisely."""
-
-    case: str
-    service: str
-    """"oip", "coordinator" or "edge"."""
-    path: str
-    """Full method path, e.g. /inference.GRPCInferenceService/ModelInfer."""
-    payload: bytes
-    """The serialised request (or bytes that are not one)."""
-    expected: frozenset[grpc.StatusCode]
-    streaming: bool = False
-    """A server-streaming method (FetchPart)."""
 
 
 CaseFn = Callable[[FuzzTarget, random.Random], tuple[bytes, frozenset]]
@@ -499,39 +476,3 @@ def valid_infer(t: FuzzTarget, model: str, rng: random.Random) -> MalformedCall:
     """A well-formed ModelInfer (expected OK), sent between malformed ones."""
     request = build_infer_request(model, {"image": _images(t, rng, 1)})
     return MalformedCall("valid", "oip", OIP + "ModelInfer", request.SerializeToString(), frozenset({Code.OK}))
-
-
-# Sending ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a daemon answered one call."""
-
-    code: grpc.StatusCode
-    details: str
-    seconds: float
-    response: bytes = b""
-    """The serialised response of a unary call answered OK."""
-
-    @property
-    def precise(self) -> bool:
-        """A non-OK status other than INTERNAL/UNKNOWN, with a message."""
-        return self.code not in IMPRECISE and self.code is not Code.OK and bool(self.details)
-
-
-def send(channel: grpc.Channel, call: MalformedCall, timeout_s: float) -> Outcome:
-    """Send the call's bytes under a deadline; never raises for a status."""
-    identity = lambda b: b  # noqa: E731 - payloads are bytes both ways
-    started = time.perf_counter()
-    response = b""
-    try:
-        if call.streaming:
-            for _ in channel.unary_stream(call.path, request_serializer=identity, response_deserializer=identity)(call.payload, timeout=timeout_s):
-                pass
-        else:
-            response = channel.unary_unary(call.path, request_serializer=identity, response_deserializer=identity)(call.payload, timeout=timeout_s)
-        code, details = Code.OK, ""
-    except grpc.RpcError as exc:
-        code, details = exc.code(), exc.details() or ""
-    return Outcome(code, details, time.perf_counter() - started, response)

@@ -1,8 +1,8 @@
 """The scheduler's observation built from live device state, in the simulator's layout.
 
 The simulator (`coinfer.rl.sim.core`) describes each device by the features that
-`feature_names(scenario)` lists, in that order, normalised by the device's cost profile: the
-global state is those features device by device. Here the same features are filled from what
+`feature_names(scenario)` lists, in that order, each scaled by a constant of the device's cost
+profile (`Simulator.feature_scales`): the global state is those features device by device. Here the same features are filled from what
 the devices and the coordinator report, so a policy trained in simulation reads live state
 the way it read simulated state:
 
@@ -66,28 +66,30 @@ class ObservationBuilder:
     """Live states -> a global state (N * F,) for one scenario."""
 
     def __init__(self, scenario) -> None:
-        from coinfer.rl.sim.core import Simulator, feature_names
-        from coinfer.rl.sim.server import make_server
+        from coinfer.rl.sim.core import HEAD, SERVER, UPLOAD, Simulator
 
+        scales = Simulator(scenario, num_envs=1, mode="eval").feature_scales()
         self.scenario = scenario
-        self.feature_names = feature_names(scenario)
+        self.feature_names = scales.names
         known = {"tasks_left_frac", "head_left_frac", "upload_left_frac", "distance_frac", "server_left_frac", "download_left_frac", "waiting_frac"}
         unknown = [f for f in self.feature_names if f not in known]
         if unknown:
             raise InvalidInput(f"scenario {scenario.name!r} has state features {unknown} the runtime cannot fill from live state")
         devices = scenario.devices
         self.num_devices = len(devices)
-        self._head_s = np.array([[p.head_latency_s for p in d.profile.points] for d in devices])
-        self._bits = np.array([[p.uplink_bits for p in d.profile.points] for d in devices], dtype=float)
-        self._local_s = self._head_s[:, -1].copy()
-        self._raw_bits = np.maximum(self._bits[:, 0], 1.0)
-        self._tail_s = make_server(scenario.server, devices).tail_s
-        self._distance_high_m = np.array([d.distance_range_m[1] for d in devices])
+        self._head_s = scales.stage_work[..., HEAD]
+        self._bits = scales.stage_work[..., UPLOAD]
+        self._tail_s = scales.stage_work[..., SERVER]
+        self._local_s = scales.local_latency_s
+        self._raw_bits = scales.raw_bits
+        self._distance_high_m = scales.distance_high_m
+        self.high = scales.high
+        # The distance is inferred within the training range (see distance_m), not part of the layout.
         self._eval_distance_m = np.array([d.eval_distance_m for d in devices])
         self._distance_low_m = np.array([d.distance_range_m[0] for d in devices])
         self._network = scenario.network
+        # The simulator scales the backlog by the episode's task count; live, the scenario's mean stands in.
         self._tasks_norm = max(float(scenario.tasks.mean_tasks_per_device), 1.0)
-        self.high = Simulator(scenario, num_envs=1, mode="eval").feature_high()
 
     def distance_m(self, n: int, state: LiveDeviceState) -> float:
         """Slot n's distance: configured, else inferred from the measured uplink, else the evaluation distance."""

@@ -22,11 +22,9 @@ Quick mode shortens every phase (and says so in the report); the figures are the
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import platform
 import random
 import signal
 import sys
@@ -38,7 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from coinfer.server.bench_cli import bench_main, machine_snapshot, write_report
+
 log = logging.getLogger(__name__)
+
+_MACHINE_NOTE = "five daemons (1 torch thread each), the clients and other jobs share this machine"
+"""What shared the machine with the benchmark (recorded beside the machine's load)."""
 
 DEVIT = "rel-devit"
 SPLIT = "rel-split"
@@ -369,18 +372,6 @@ def testbed_phase(bundles: tuple[Path, Path], run_dir: Path, config: Reliability
 # Driver -------------------------------------------------------------------------------------------------
 
 
-def _machine() -> dict[str, Any]:
-    import psutil
-
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1m": os.getloadavg()[0],
-        "cpu_percent": psutil.cpu_percent(interval=0.5),
-        "note": "five daemons (1 torch thread each), the clients and other jobs share this machine",
-    }
-
-
 def _row(name: str, ours: Any, target: Any, met: bool | None, anchor: str = "issue 8") -> dict[str, Any]:
     return {"name": name, "ours": ours, "target": target, "anchor": anchor, "met": met}
 
@@ -441,7 +432,7 @@ def run_benchmark(out_dir: str | Path, quick: bool = False) -> dict[str, Any]:
     config = ReliabilityConfig.make(quick)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"config": asdict(config), "machine_before": _machine()}
+    report: dict[str, Any] = {"config": asdict(config), "machine_before": machine_snapshot(_MACHINE_NOTE)}
     images = load_dataset("digits", seed=0).test.x
     print(f"[1/5] bundles in {out / 'bundles'}", flush=True)
     bundles = build_bundles(out / "bundles")
@@ -473,11 +464,11 @@ def run_benchmark(out_dir: str | Path, quick: bool = False) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - the other phases' figures still count
             log.exception("network fault phase failed")
             report["network"] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    report["machine_after"] = _machine()
+    report["machine_after"] = machine_snapshot(_MACHINE_NOTE)
     report["targets"] = target_rows(report)
-    (out / "reliability.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    written = write_report(report, out / "reliability.json")
     print_summary(report)
-    print(f"\nwritten to {out / 'reliability.json'}", flush=True)
+    print(f"\nwritten to {written}", flush=True)
     return report
 
 
@@ -489,19 +480,8 @@ def print_summary(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coinfer.server.reliability_bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/reliability"), help="output folder (default runs/bench/reliability)")
-    parser.add_argument("--quick", action="store_true", help="2,000 malformed requests, 20 s of load, 6 s between faults")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from coinfer.core.errors import CoinferError
-
-    try:
-        run_benchmark(args.out, quick=args.quick)
-    except CoinferError as exc:
-        print(f"reliability bench: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return bench_main(argv, module="coinfer.server.reliability_bench", doc=__doc__, run=run_benchmark,
+                      default_out="runs/bench/reliability", quick_help="2,000 malformed requests, 20 s of load, 6 s between faults")
 
 
 if __name__ == "__main__":

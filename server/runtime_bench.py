@@ -22,11 +22,8 @@ Each figure is printed beside its target and everything is written to ``runtime.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-import platform
 import signal
 import sys
 import threading
@@ -37,7 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from coinfer.server.bench_cli import bench_main, machine_snapshot, write_report
+
 log = logging.getLogger(__name__)
+
+_MACHINE_NOTE = "all daemons (1 torch thread each) and the clients share this machine; other jobs may run on it too"
+"""What shared the machine with the benchmark (recorded beside the machine's load)."""
 
 OVERHEAD_TARGET_MS = 2.0
 LOAD_CLIENTS = 16
@@ -332,18 +334,6 @@ def fault_phase(fleet, images: np.ndarray) -> dict[str, Any]:
 # Driver ---------------------------------------------------------------------------------------
 
 
-def _machine() -> dict[str, Any]:
-    import psutil
-
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "cpu_percent": psutil.cpu_percent(interval=0.5),
-        "note": "all daemons (1 torch thread each) and the clients share this machine; other jobs may run on it too",
-    }
-
-
 def run_benchmark(out_dir: str | Path, quick: bool = False) -> dict[str, Any]:
     """Run every phase, print each figure beside its target, write ``runtime.json``; return the report."""
     from coinfer.core.data import load_dataset
@@ -352,7 +342,7 @@ def run_benchmark(out_dir: str | Path, quick: bool = False) -> dict[str, Any]:
     config = BenchConfig.make(quick)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"config": asdict(config), "machine_before": _machine()}
+    report: dict[str, Any] = {"config": asdict(config), "machine_before": machine_snapshot(_MACHINE_NOTE)}
     print(f"[1/5] bundles in {out / 'bundles'}", flush=True)
     devit_path, split_path = build_bundles(out / "bundles", config)
     test = load_dataset("digits", seed=0).test
@@ -376,11 +366,11 @@ def run_benchmark(out_dir: str | Path, quick: bool = False) -> dict[str, Any]:
         report["faults"] = fault_phase(fleet, test.x)
     finally:
         report["exit_statuses"] = fleet.stop()
-    report["machine_after"] = _machine()
+    report["machine_after"] = machine_snapshot(_MACHINE_NOTE)
     report["targets"] = target_rows(report)
-    (out / "runtime.json").write_text(json.dumps(report, indent=2, default=float))
+    written = write_report(report, out / "runtime.json", default=float)
     print_summary(report)
-    print(f"\nwritten to {out / 'runtime.json'}", flush=True)
+    print(f"\nwritten to {written}", flush=True)
     return report
 
 
@@ -454,19 +444,8 @@ def print_summary(r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coinfer.server.runtime_bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/runtime"), help="output folder (default runs/bench/runtime)")
-    parser.add_argument("--quick", action="store_true", help="shorter load phase (10 s) and fewer training epochs")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from coinfer.core.errors import CoinferError
-
-    try:
-        run_benchmark(args.out, quick=args.quick)
-    except CoinferError as exc:
-        print(f"runtime bench: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return bench_main(argv, module="coinfer.server.runtime_bench", doc=__doc__, run=run_benchmark,
+                      default_out="runs/bench/runtime", quick_help="shorter load phase (10 s) and fewer training epochs")
 
 
 if __name__ == "__main__":

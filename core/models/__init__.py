@@ -42,6 +42,8 @@ def build_model(config: Mapping[str, Any]) -> SplittableModel:
     if "arch" not in config:
         raise InvalidInput(f"a model config needs an 'arch' key (one of {', '.join(ARCHS)})")
     arch = config["arch"]
+    if not isinstance(arch, str):  # a list or dict here would fail the registry look-up as TypeError
+        raise InvalidInput(f"a model config's 'arch' must be a string, got {type(arch).__name__}")
     if arch in BOTTLENECK_ARCHS:  # split-point encoders/decoders, rebuilt from bundles
         return BOTTLENECK_ARCHS[arch].from_config_dict(config)  # type: ignore[return-value]
     if arch not in ARCHS:

@@ -55,6 +55,28 @@ class SlotOutcome:
     """(E,) the slot limit was reached first."""
 
 
+@dataclass(frozen=True)
+class FeatureScales:
+    """How the global state describes each device: its features, in order, and what scales them.
+
+    Every feature is a remainder divided by a per-device constant (see `Simulator.device_features`);
+    whoever fills the same features from elsewhere (the runtime's live observation) scales by these.
+    """
+
+    names: tuple[str, ...]
+    """The per-device features, in order (`feature_names`)."""
+    stage_work: np.ndarray
+    """(N, P, 4) work of each stage at each split point: head s, upload bits, server s, download bits."""
+    local_latency_s: np.ndarray
+    """(N,) the whole model on the device: scales head and server work."""
+    raw_bits: np.ndarray
+    """(N,) bits of the raw input (at least 1): scales upload work."""
+    distance_high_m: np.ndarray
+    """(N,) the largest training distance: scales the distance."""
+    high: np.ndarray
+    """(N, F) upper bound of every feature (`Simulator.feature_high`)."""
+
+
 def _following_stages(stage_table: np.ndarray) -> np.ndarray:
     """(N, P, IDLE + 2): entry [n, p, s + 1] is the first stage after s with work, or DONE.
 
@@ -388,6 +410,17 @@ class Simulator:
         if self.scenario.tasks.arrivals == "poisson-stream":
             cols += [np.ones(self.num_devices)]
         return np.stack(cols, axis=-1)
+
+    def feature_scales(self) -> FeatureScales:
+        """The features' names, the per-device constants that scale them, and their bounds (copies)."""
+        return FeatureScales(
+            names=self.feature_names,
+            stage_work=self._stage_table.copy(),
+            local_latency_s=self._local_latency_s.copy(),
+            raw_bits=self._raw_bits.copy(),
+            distance_high_m=self._distance_high_m.copy(),
+            high=self.feature_high(),
+        )
 
     def device_features(self) -> np.ndarray:
         """(E, N, F) per-device features, each scaled to about [0, 1]."""

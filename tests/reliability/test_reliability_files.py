@@ -177,15 +177,6 @@ def test_a_manifest_that_is_not_a_json_object_is_refused(bundle_copy, text) -> N
         load_bundle(bundle_copy)
 
 
-def _known_manifest_bug(path: tuple) -> bool:
-    # The part configs ("config") rebuild modules; damage there is covered by
-    # test_a_part_config_with_a_malformed_segment_is_refused (xfail) and the split/devit metadata by
-    # the two metadata tests below (xfail).
-    if "config" in path or (len(path) >= 2 and path[0] == "metadata"):
-        return True
-    return len(path) == 3 and path[0] == "parts" and path[2] == "name"  # test_a_part_name_that_is_not_a_string... (xfail)
-
-
 @FILES
 @given(data=st.data())
 def test_random_manifest_damage_is_refused_with_a_coinfer_error(data, split_bundle, tmp_path_factory) -> None:
@@ -195,7 +186,7 @@ def test_random_manifest_damage_is_refused_with_a_coinfer_error(data, split_bund
     path.mkdir()
     for spec in split_bundle.manifest.parts:
         os.link(split_bundle.path / spec.file, path / spec.file)  # the weights, unchanged (hard links: no copy)
-    _write_manifest(path, data.draw(mutated(_manifest(split_bundle.path), skip=_known_manifest_bug)))
+    _write_manifest(path, data.draw(mutated(_manifest(split_bundle.path))))
     _refused(lambda: ModelCatalog.load([path]))
 
 
@@ -218,8 +209,19 @@ def test_a_part_config_with_a_malformed_segment_is_refused(split_bundle, tmp_pat
     assert _refused(lambda: load_bundle(path).load_module("point2.head")) is not None
 
 
-@pytest.mark.xfail(strict=True, reason="bug: core/split_runtime.py load_split_plan catches KeyError/TypeError/ValueError "
-                   "but not AttributeError: metadata.split.points holding non-objects escapes as AttributeError")
+def test_a_segment_on_an_autoencoder_part_is_refused(split_bundle, tmp_path) -> None:
+    from coinfer.protos.parts import load_part_module
+
+    path = tmp_path / "b"
+    shutil.copytree(split_bundle.path, path)
+    data = _manifest(path)
+    next(p for p in data["parts"] if p["name"] == "point2.encoder")["config"]["segment"] = [0, 2]
+    _write_manifest(path, data)
+    for load in (lambda: load_bundle(path).load_module("point2.encoder"), lambda: load_part_module(load_bundle(path), "point2.encoder")):
+        with pytest.raises(InvalidInput, match="point2.encoder"):
+            load()
+
+
 @pytest.mark.parametrize("points", [[1, 2], ["input"], {"0": {}}])
 def test_split_metadata_with_points_that_are_not_objects_is_refused(split_bundle, tmp_path, points) -> None:
     from coinfer.server.catalog import ModelCatalog
@@ -229,7 +231,8 @@ def test_split_metadata_with_points_that_are_not_objects_is_refused(split_bundle
     data = _manifest(path)
     data["metadata"]["split"]["points"] = points
     _write_manifest(path, data)
-    assert _refused(lambda: ModelCatalog.load([path])) is not None
+    error = _refused(lambda: ModelCatalog.load([path]))
+    assert isinstance(error, InvalidInput) and "metadata.split.points" in str(error)
 
 
 # Scenarios ------------------------------------------------------------------------------------
@@ -242,16 +245,12 @@ def _scenario_document() -> dict:
     return tomllib.loads((resources.files("coinfer.rl") / "scenarios" / "mahppo-paper-resnet18.toml").read_text())
 
 
-def _known_scenario_bug(path: tuple) -> bool:
-    return path[-1] == "count"  # test_a_scenario_with_an_absurd_device_count_is_refused (xfail)
-
-
 @FILES
 @given(data=st.data())
 def test_random_scenario_damage_is_refused_with_a_coinfer_error(data) -> None:
     from coinfer.rl.scenario import scenario_from_dict
 
-    damaged = data.draw(mutated(_scenario_document(), skip=_known_scenario_bug))
+    damaged = data.draw(mutated(_scenario_document()))
     _refused(lambda: scenario_from_dict(damaged, "fuzzed.toml"))
 
 
@@ -265,7 +264,7 @@ def test_random_scenario_file_bytes_are_refused_with_a_coinfer_error(data, tmp_p
     text = bytearray((resources.files("coinfer.rl") / "scenarios" / "mahppo-paper-resnet18.toml").read_bytes())
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(text) - 1))
-        text[i] = data.draw(st.integers(0, 127))  # ASCII: invalid UTF-8 has its own test below (xfail)
+        text[i] = data.draw(st.integers(0, 255))
     if data.draw(st.booleans()):
         del text[data.draw(st.integers(0, len(text))) :]
     path = tmp_path_factory.mktemp("scenario") / "fuzzed.toml"
@@ -274,24 +273,22 @@ def test_random_scenario_file_bytes_are_refused_with_a_coinfer_error(data, tmp_p
     assert error is None or str(path) in str(error)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rl/scenario.py load_scenario reads with Path.read_text(); bytes that are not "
-                   "UTF-8 escape as UnicodeDecodeError instead of InvalidInput")
 def test_a_scenario_file_that_is_not_utf8_is_refused(tmp_path) -> None:
     from coinfer.rl.scenario import load_scenario
 
     path = tmp_path / "latin1.toml"
     path.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
-    assert _refused(lambda: load_scenario(path)) is not None
+    error = _refused(lambda: load_scenario(path))
+    assert isinstance(error, InvalidInput) and str(path) in str(error)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rl/scenario.py _read_devices has no upper bound on devices[].count and "
-                   "builds [spec] * count: a huge count raises MemoryError instead of InvalidInput")
 def test_a_scenario_with_an_absurd_device_count_is_refused() -> None:
     from coinfer.rl.scenario import scenario_from_dict
 
     document = _scenario_document()
     document["devices"][0]["count"] = 2**40
-    assert _refused(lambda: scenario_from_dict(document, "huge.toml")) is not None
+    error = _refused(lambda: scenario_from_dict(document, "huge.toml"))
+    assert error is not None and "huge.toml" in str(error) and "devices[0].count" in str(error)
 
 
 # Profiles -------------------------------------------------------------------------------------
@@ -303,17 +300,13 @@ def _profile_document() -> dict:
     return json.loads(json.dumps(load_profile("jetson-nano-resnet18").to_dict()))
 
 
-def _known_profile_bug(path: tuple) -> bool:
-    return path[-1] in ("raw_input_bytes", "extra", "head_macs")  # test_profile_fields_read_without_checks_are_refused
-
-
 @FILES
 @given(data=st.data())
 def test_random_profile_damage_is_refused_with_a_coinfer_error(data, tmp_path_factory) -> None:
     from coinfer.core.profile import load_profile
 
     path = tmp_path_factory.mktemp("profile") / "fuzzed.json"
-    path.write_text(json.dumps(data.draw(mutated(_profile_document(), skip=_known_profile_bug))))
+    path.write_text(json.dumps(data.draw(mutated(_profile_document()))))
     error = _refused(lambda: load_profile(path))
     assert error is None or str(path) in str(error)
 
@@ -342,13 +335,6 @@ def policy_file(tmp_path_factory) -> Path:
     return MahppoPolicy(actor, scenario).save(tmp_path_factory.mktemp("policy") / "policy")
 
 
-def _known_policy_bug(path: tuple) -> bool:
-    # test_policy_spec_fields_of_the_wrong_type_are_refused (xfail); and the numbers that size the
-    # networks, whose damage fails inside torch (same bug class, same fix).
-    return path[0] in ("feature_names", "power_low_w", "power_high_w", "actor_hidden", "critic_hidden",
-                       "num_devices", "num_points", "num_subchannels", "max_devices", "share_actor")
-
-
 @FILES
 @given(data=st.data())
 def test_random_policy_spec_damage_is_refused_with_a_coinfer_error(data, policy_file, tmp_path_factory) -> None:
@@ -356,29 +342,29 @@ def test_random_policy_spec_damage_is_refused_with_a_coinfer_error(data, policy_
 
     folder = tmp_path_factory.mktemp("policy-fuzz")
     shutil.copy(policy_file.with_suffix(".safetensors"), folder / "policy.safetensors")
-    (folder / "policy.json").write_text(json.dumps(data.draw(mutated(json.loads(policy_file.read_text()), skip=_known_policy_bug))))
+    (folder / "policy.json").write_text(json.dumps(data.draw(mutated(json.loads(policy_file.read_text())))))
     _refused(lambda: load_policy(folder / "policy.json", "mahppo-paper-resnet18"))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rl/policy_files.py read_policy_spec calls tuple() on list fields unchecked "
-                   "(TypeError for a number) and PolicySpec(**data) accepts any types")
-def test_policy_spec_fields_of_the_wrong_type_are_refused(policy_file, tmp_path) -> None:
+@pytest.mark.parametrize(("key", "value"), [("feature_names", 4), ("share_actor", "yes"), ("power_low_w", [0.1, "x"]),
+                                          ("actor_hidden", [2**40]), ("max_devices", 2**40), ("extra", [])])
+def test_policy_spec_fields_of_the_wrong_type_are_refused(policy_file, tmp_path, key, value) -> None:
     from coinfer.rl.policy_files import read_policy_spec
 
     document = json.loads(policy_file.read_text())
-    document["feature_names"] = 4
+    document[key] = value
     (tmp_path / "policy.json").write_text(json.dumps(document))
-    assert _refused(lambda: read_policy_spec(tmp_path / "policy.json")) is not None
+    error = _refused(lambda: read_policy_spec(tmp_path / "policy.json"))
+    assert isinstance(error, InvalidInput) and f"'{key}'" in str(error) and str(tmp_path / "policy.json") in str(error)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rl/policy_files.py read_policy_tensors lets safetensors' own "
-                   "SafetensorError escape for a damaged weights file instead of IntegrityError")
 def test_a_damaged_policy_weights_file_is_refused(policy_file, tmp_path) -> None:
     from coinfer.rl.policy import load_policy
 
     shutil.copy(policy_file, tmp_path / "policy.json")
     (tmp_path / "policy.safetensors").write_bytes(policy_file.with_suffix(".safetensors").read_bytes()[:40])
-    assert _refused(lambda: load_policy(tmp_path / "policy.json", "mahppo-paper-resnet18")) is not None
+    error = _refused(lambda: load_policy(tmp_path / "policy.json", "mahppo-paper-resnet18"))
+    assert isinstance(error, IntegrityError) and str(tmp_path / "policy.safetensors") in str(error)
 
 
 # Datasets -------------------------------------------------------------------------------------

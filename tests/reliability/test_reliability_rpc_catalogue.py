@@ -18,7 +18,8 @@ import pytest
 from coinfer.core.codec import tensor_from_raw
 from coinfer.protos import inference_pb2 as pb
 from coinfer.protos.security import open_channel
-from coinfer.server.malformed import CASES, FuzzTarget, send, target_from_bundles, valid_infer
+from coinfer.server.malformed import CASES, FuzzTarget, target_from_bundles, valid_infer
+from coinfer.server.raw_calls import send
 
 from reliability_helpers import DEVIT_MODEL, MAX_MESSAGE_BYTES, SPLIT_MODEL
 

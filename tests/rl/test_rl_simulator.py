@@ -12,7 +12,7 @@ from coinfer.core.profile import load_profile
 from coinfer.rl.envs.batched import BatchedEnv
 from coinfer.rl.actions import JointAction
 from coinfer.rl.scenario import load_scenario
-from coinfer.rl.sim.core import UPLOAD, Simulator
+from coinfer.rl.sim.core import HEAD, UPLOAD, Simulator, feature_names
 
 RESNET = load_profile("jetson-nano-resnet18")
 W, NOISE, ALPHA = 1e6, 1e-9, 3.0
@@ -219,3 +219,22 @@ def test_observations_stay_within_declared_bounds(tiny):
         f = sim.device_features()
         assert (f >= 0).all() and (f <= high + 1e-9).all()
     assert sim.local_observations().shape == (8, 3, 2 * sim.num_features)
+
+
+def test_feature_scales_rebuild_the_features_from_the_state(tiny):
+    # Readers outside the simulator (the runtime's live observation) scale by these constants.
+    sim = Simulator(tiny, num_envs=4, mode="train", seed=5)
+    scales = sim.feature_scales()
+    assert scales.names == feature_names(tiny) and np.array_equal(scales.high, sim.feature_high())
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        sim.step(rng.integers(0, 6, (4, 3)), rng.integers(0, 2, (4, 3)), rng.uniform(1e-3, 1, (4, 3)))
+    f, col = sim.device_features(), {name: i for i, name in enumerate(scales.names)}
+    head_left = np.where(sim.phase == HEAD, sim.work, 0.0)
+    upload_left = np.where(sim.phase == UPLOAD, sim.work, np.where(sim.phase < UPLOAD, sim.stage_work[..., UPLOAD], 0.0))
+    np.testing.assert_allclose(f[..., col["head_left_frac"]], head_left / scales.local_latency_s)
+    np.testing.assert_allclose(f[..., col["upload_left_frac"]], upload_left / scales.raw_bits)
+    np.testing.assert_allclose(f[..., col["distance_frac"]], sim.distance_m / scales.distance_high_m)
+    np.testing.assert_array_equal(scales.stage_work[..., HEAD][:, -1], scales.local_latency_s)
+    scales.raw_bits[:] = 0.0  # a copy: the simulator's own constants are untouched
+    assert np.all(sim.feature_scales().raw_bits >= 1.0)
