@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 # e.g. `make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu126"`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.coinfer-installed
+# `make demo` runs the whole pipeline (issue 7); DEMO_ARGS= gives the one-edge walking skeleton,
+# DEMO_ARGS="--full --fresh" retrains everything.
+DEMO_ARGS ?= --full
 
 .PHONY: demo test bench protos venv clean
 

@@ -79,8 +79,13 @@ def _plot_scheduler(scheduler: dict, out: Path) -> None:
 
 
 def write_demo_report(runs: Path, devit_dir: Path, split_dir: Path, profile_path: Path, scheduler_eval: Path,
-                      runtime: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
-    """Gather every stage's figures into runs/report.json and report.md, draw the plots, print the table."""
+                      runtime: dict[str, Any], timings: dict[str, float],
+                      scheduler_scenario: str | None = None, reused: list[str] | None = None) -> dict[str, Any]:
+    """Gather every stage's figures into runs/report.json and report.md, draw the plots, print the table.
+
+    ``scheduler_scenario`` is the one-line description of the simulated cell the scheduler was
+    trained and compared in; ``reused`` names the stages taken from an earlier run (no time).
+    """
     devit = _load(devit_dir / "report.json")
     split = _load(split_dir / "report.json")
     scheduler_raw = _load(scheduler_eval)
@@ -100,8 +105,10 @@ def write_demo_report(runs: Path, devit_dir: Path, split_dir: Path, profile_path
         "split_best_compression": max(compressions) if compressions else None,
         "split_points": split.get("points", []),
         "scheduler": scheduler,
+        "scheduler_scenario": scheduler_scenario,
         **runtime,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "reused_stages": list(reused or []),
     }
     plots = {
         "accuracy_latency.png": lambda p: _plot_accuracy_latency(devit, p),
@@ -142,13 +149,17 @@ def _markdown(r: dict[str, Any]) -> str:
     for key in ("devit_runtime_accuracy", "split_runtime_accuracy", "degraded_accuracy"):
         if key in r:
             lines.append(f"| runtime | {key.replace('_', ' ')} | {_f(r[key])} |")
-    lines += ["", "## Scheduler (simulated on the measured profile)", "",
+    lines += ["", "## Scheduler (simulated on the measured profile)", ""]
+    if r.get("scheduler_scenario"):
+        lines += [f"Cell: {r['scheduler_scenario']}.", ""]
+    lines += [
               "| policy | s per task (paper metric) | task latency mean / p95 (s) | J per task | reward |",
               "| --- | --- | --- | --- | --- |"]
     for name, row in r["scheduler"].items():
         lines.append(f"| {name} | {_f(row['latency_per_task_s'])} | {_f(row['task_latency_mean_s'])} / "
                      f"{_f(row['task_latency_p95_s'])} | {_f(row['energy_per_task_j'])} | {_f(row['reward'])} |")
-    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in r["timings_s"].items()), "",
+    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in r["timings_s"].items())
+              + (f"; reused from an earlier run: {', '.join(r['reused_stages'])}" if r.get("reused_stages") else ""), "",
               "Plots: " + ", ".join(r["plots"]), ""]
     return "\n".join(lines)
 

@@ -37,6 +37,8 @@ def run_runtime_stage(runs: Path, devit: Path, split: Path, mahppo: Path, scenar
 
     work = runs / "runtime"
     work.mkdir(parents=True, exist_ok=True)
+    # The coordinator appends to its decision log: start it empty so the count is this run's.
+    (work / "decisions.jsonl").unlink(missing_ok=True)
     catalog = ModelCatalog.load([devit, split])
     devit_name = next(iter(catalog.devit))
     split_name = catalog.split.model_name

@@ -91,7 +91,10 @@ def profile_bundle(bundle_path: str | Path, config: ProfileConfig | None = None)
     bar = tqdm(plan.points, desc="profile", disable=not config.progress, leave=False)
     for point in bar:
         device = DeviceSide.from_bundle(bundle, point.index, plan)
-        payloads = [device(image) for image in images]
+        # The untimed passes too run on the profiled thread count: torch's default pool is far
+        # slower on cores other jobs keep busy, and autograd is never needed here.
+        with torch_threads(config.threads), torch.inference_mode():
+            payloads = [device(image) for image in images]
         sizes = np.array([len(p) for p in payloads], dtype=np.int64)
         image = images[0]
         stats = measure_latency(lambda: device(image), warmup=config.warmup, repeats=config.repeats,
@@ -111,9 +114,10 @@ def profile_bundle(bundle_path: str | Path, config: ProfileConfig | None = None)
             feature_bits = 0
             encoder_macs = 0
         else:
-            feature = model.forward_head(torch.from_numpy(image[None]).float() / 255.0, point.index)
+            with torch_threads(config.threads), torch.inference_mode():
+                feature = model.forward_head(torch.from_numpy(image[None]).float() / 255.0, point.index)
+                encoder_macs = count_macs(device.encoder, feature)
             feature_bits = 32 * int(feature[0].numel())
-            encoder_macs = count_macs(device.encoder, feature)
         head_macs = model.head_macs(point.index) + encoder_macs
         uplink_bits = 0 if point.index == last else 8 * int(round(float(sizes.mean())))
         costs.append(PointCost(

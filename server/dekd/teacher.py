@@ -89,10 +89,14 @@ def train_teacher(splits, config, train):
 
     Returns (model in evaluation mode holding its best validation epoch, TrainResult).
     """
+    import torch
+
     from coinfer.core.models.vit import VisionTransformer
     from coinfer.core.training import train_classifier
 
     check_compatible(config, splits)
+    # Seed the initial weights too: train_classifier seeds only what happens after them.
+    torch.manual_seed(train.seed)
     model = VisionTransformer(config)
     result = train_classifier(model, splits, train)
     return model, result

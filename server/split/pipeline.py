@@ -131,9 +131,13 @@ def _check(config: SplitConfig) -> None:
 
 def prepare_backbone(config: SplitConfig, splits: DatasetSplits):
     """The backbone with trained (or loaded) weights, in evaluation mode."""
+    import torch
+
     from coinfer.core.models import build_model
     from coinfer.core.training import train_classifier
 
+    # Seed the initial weights too: train_classifier seeds only what happens after them.
+    torch.manual_seed(config.seed)
     model = build_model(backbone_config(config.backbone, splits, config.width_mult))
     if config.weights:
         load_weights(model, config.weights)

@@ -103,3 +103,17 @@ def test_presets_pick_a_patch_size_for_the_image():
     assert (cfg.embed_dim, cfg.depth, cfg.num_tokens) == (192, 6, 17)
     with pytest.raises(Exception, match="unknown teacher arch"):
         teacher_config("vit-huge", (1, 28, 28), 10)
+
+
+def test_same_seed_trains_the_same_teacher_whatever_ran_before(digits):
+    from coinfer.core.training import TrainConfig
+    from coinfer.server.dekd.teacher import train_teacher
+
+    train = TrainConfig(epochs=1, batch_size=256, seed=3, progress=False)
+    first, _ = train_teacher(digits, tiny_vit_config(), train)
+    torch.rand(1000)  # the global generator moves on, as other work in the same process would move it
+    second, _ = train_teacher(digits, tiny_vit_config(), train)
+    other, _ = train_teacher(digits, tiny_vit_config(), TrainConfig(epochs=1, batch_size=256, seed=4, progress=False))
+    for name, value in first.state_dict().items():
+        torch.testing.assert_close(second.state_dict()[name], value, msg=name)
+    assert any(not torch.equal(other.state_dict()[n], v) for n, v in first.state_dict().items())

@@ -173,3 +173,16 @@ def test_quick_flags_build_the_expected_config() -> None:
     assert config.dataset == "digits" and config.backbone == "vgg11" and config.points == ("1", "3")
     assert config.bits == 2 and config.compress is False and config.backbone_train.epochs == 2
     assert dataclasses.asdict(config)["bottleneck"] == "auto"
+
+
+def test_the_backbone_is_the_same_for_a_seed_whatever_ran_before() -> None:
+    from coinfer.core.training import TrainConfig
+    from coinfer.server.split.pipeline import prepare_backbone
+
+    splits = load_dataset("digits")
+    config = tiny_config(backbone_train=TrainConfig(epochs=1, batch_size=256, progress=False), width_mult=0.125)
+    first = prepare_backbone(config, splits)
+    torch.rand(1000)  # the global generator moves on, as other work in the same process would move it
+    second = prepare_backbone(config, splits)
+    for name, value in first.state_dict().items():
+        assert torch.equal(second.state_dict()[name], value), name
