@@ -58,11 +58,31 @@ def _run(args: argparse.Namespace) -> int:
         result = dict(result)
         result.setdefault("status", status)
         result["wall_s"] = round(time.perf_counter() - started, 1)
+        result["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         results[name] = result
-    (out / "REPORT.md").write_text(render_report(results, quick=args.quick))
+    (out / "REPORT.md").write_text(render_report(with_earlier_parts(results, out), quick=args.quick))
     print(f"wrote {out / 'REPORT.md'}")
     return 0 if all(r.get("status") == "ok" for r in results.values()) else 1
+
+
+def with_earlier_parts(results: dict[str, dict], out: Path) -> dict[str, dict]:
+    """``results`` plus the JSON of parts not run this time but found in ``out`` (each keeps its own
+    ``finished`` stamp), so running one part does not drop the others from REPORT.md."""
+    merged: dict[str, dict] = {}
+    for name in PARTS:
+        if name in results:
+            merged[name] = results[name]
+            continue
+        path = out / f"{name}.json"
+        if path.is_file():
+            try:
+                earlier = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # a damaged earlier file is left out, not fatal to this run's report
+            if isinstance(earlier, dict):
+                merged[name] = earlier
+    return merged
 
 
 def _fmt(value: object) -> str:
@@ -95,5 +115,6 @@ def render_report(results: dict[str, dict], quick: bool) -> str:
                     f"| {row.get('name', '')} | {_fmt(row.get('ours'))} | {_fmt(row.get('target'))} | "
                     f"{_fmt(row.get('anchor'))} | {'yes' if met else ('no' if met is not None else '')} |"
                 )
-        lines += ["", f"Wall time: {result.get('wall_s', '?')} s. Full figures: `{name}.json`.", ""]
+        finished = f" Finished {result['finished']}." if result.get("finished") else ""
+        lines += ["", f"Wall time: {result.get('wall_s', '?')} s.{finished} Full figures: `{name}.json`.", ""]
     return "\n".join(lines) + "\n"
