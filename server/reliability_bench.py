@@ -138,7 +138,8 @@ def fuzz_phase(fleet, devit_path: Path, split_path: Path, config: ReliabilityCon
 
     from coinfer.core.bundle import load_bundle
     from coinfer.protos.security import open_channel
-    from coinfer.server.malformed import CASES, send, target_from_bundles, valid_infer
+    from coinfer.server.malformed import CASES, target_from_bundles, valid_infer
+    from coinfer.server.raw_calls import send
 
     base = target_from_bundles(load_bundle(split_path), load_bundle(devit_path), max_message_bytes=MAX_MESSAGE_MB << 20)
     held = {d.info.name: d.assignment.submodels[0] for d in _list_devices(fleet.address) if d.assignment.submodels}
