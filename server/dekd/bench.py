@@ -55,7 +55,7 @@ class BenchSettings:
     """Override of the preset's ensemble epochs (None keeps the preset's)."""
 
 
-FULL = BenchSettings("fashion-mnist", "vit-tiny", 4, 1.5e-3, 128, "default", 4, 2, 1)
+FULL = BenchSettings("fashion-mnist", "vit-tiny", 8, 1.5e-3, 128, "default", 4, 2, 1)
 QUICK = BenchSettings("digits", "vit-nano", 30, 3e-3, 32, "quick", 4, 4, 2)
 
 
