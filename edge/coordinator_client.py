@@ -15,7 +15,6 @@ import grpc
 import numpy as np
 
 from coinfer.core.codec import tensor_from_raw
-from coinfer.core.errors import DeadlineExceeded
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
 from coinfer.protos import inference_pb2 as pb
@@ -113,8 +112,4 @@ class CoordinatorClient:
         try:
             return self._oip.ModelInfer(request, timeout=timeout_s)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and exc.details() != "Deadline Exceeded":
-                # The coordinator's own refusal of a deadline too short to work in (gRPC's timeout says
-                # only "Deadline Exceeded"): the caller's deadline, not a peer being down.
-                raise DeadlineExceeded(f"ModelInfer {request.model_name!r} forwarded to the coordinator: {exc.details()}") from exc
             raise error_from_rpc(exc, f"ModelInfer {request.model_name!r} forwarded to the coordinator at {self.target}") from exc

@@ -156,6 +156,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
 # Client side: the same table read backwards, so a caller of another daemon raises the domain error.
 _ERROR_OF_STATUS: dict[grpc.StatusCode, type[CoinferError]] = {code: error for error, code in STATUS_OF_ERROR}
 _ERROR_OF_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED] = Unavailable
+GRPC_TIMEOUT_DETAILS = "Deadline Exceeded"
+"""What gRPC itself says when a call's deadline passes on the way (a slow or unreachable peer)."""
 _ERROR_OF_STATUS[grpc.StatusCode.CANCELLED] = Unavailable
 _ERROR_OF_STATUS[grpc.StatusCode.UNAUTHENTICATED] = FailedPrecondition
 _ERROR_OF_STATUS[grpc.StatusCode.PERMISSION_DENIED] = FailedPrecondition
@@ -166,4 +168,7 @@ def error_from_rpc(exc: grpc.RpcError, what: str) -> CoinferError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     error_type = _ERROR_OF_STATUS.get(code, CoinferError)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and details != GRPC_TIMEOUT_DETAILS:
+        # The peer's own refusal of a deadline too short to work in, not a peer that is down.
+        error_type = DeadlineExceeded
     return error_type(f"{what} failed: {code.name}: {details}")
