@@ -82,14 +82,20 @@ def model_latency_ms(model, input_shape: tuple[int, ...], **kwargs) -> LatencySt
 
 
 def predict(model, x_float, batch_size: int = 256) -> np.ndarray:
-    """Logits of `model` over a float tensor of images, in evaluation mode, as a numpy array."""
+    """Logits of `model` over a float tensor of images, in evaluation mode, as a numpy array.
+
+    Batches go to the device holding the model (a GPU during training) and the logits come back to the CPU.
+    """
     import torch
 
+    from coinfer.core.device import model_device
+
+    device = model_device(model)
     model.eval()
     outs = []
     with torch.inference_mode():
         for start in range(0, len(x_float), batch_size):
-            outs.append(model(x_float[start : start + batch_size]).float())
+            outs.append(model(x_float[start : start + batch_size].to(device)).float().cpu())
     return torch.cat(outs).numpy()
 
 

@@ -8,7 +8,6 @@ shard of every epoch and only rank 0 reports.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -44,6 +43,8 @@ class TrainConfig:
     """Show a progress bar."""
     desc: str = "train"
     """Label of the progress bar."""
+    device: str = "cpu"
+    """Where training runs: 'cpu', 'cuda' (or 'cuda:N') or 'auto'; the model ends on the CPU either way."""
 
 
 @dataclass
@@ -56,16 +57,39 @@ class TrainResult:
     train_loss_per_epoch: list[float] = field(default_factory=list)
 
 
-def distributed_context():
-    """(rank, world_size) under torchrun, initialising the process group once; (0, 1) otherwise."""
+def distributed_context(backend: str | None = None):
+    """(rank, world_size) under torchrun, initialising the process group once; (0, 1) otherwise.
+
+    ``backend`` picks the process group's backend when this call creates it ('gloo' for CPU
+    tensors, 'nccl' for CUDA ones); None keeps the old choice (nccl when a GPU is present).
+    """
     import torch
     import torch.distributed as dist
 
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
         return 0, 1
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
     return dist.get_rank(), dist.get_world_size()
+
+
+def training_device(name: str = "cpu"):
+    """The ``torch.device`` training runs on for ``name`` (see :func:`coinfer.core.device.resolve_device`).
+
+    Under torchrun a bare 'cuda' (or 'auto' on a GPU machine) becomes ``cuda:LOCAL_RANK`` so
+    each process drives its own GPU; an explicit 'cuda:N' is kept as given.
+    """
+    from coinfer.core.device import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    return device
+
+
+def cpu_state_dict(model) -> dict:
+    """A detached CPU copy of ``model``'s state dict (safe to keep while the model trains on a GPU)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def random_shift(x, max_shift: int, generator):
@@ -101,21 +125,35 @@ def train_classifier(
 ) -> TrainResult:
     """Train `model` on `splits.train`, keep the weights of the best validation epoch.
 
-    `loss_fn(model, x, y) -> loss` replaces plain cross-entropy (e.g. for distillation).
-    The model is left holding the best weights, in evaluation mode.
+    `loss_fn(model, x, y) -> loss` replaces plain cross-entropy (e.g. for distillation); it gets
+    `x` and `y` on the training device (`config.device`), so anything else it uses must be there too.
+    The model trains on that device and is left on the CPU holding the best weights, in evaluation mode.
     """
+    device = training_device(config.device)
+    model.to(device)
+    try:
+        return _train_on_device(model, splits, config, loss_fn, device)
+    finally:
+        # Callers save, measure and deploy the model on the CPU, also when training failed midway.
+        model.cpu()
+
+
+def _train_on_device(model, splits: DatasetSplits, config: TrainConfig, loss_fn: Callable | None, device) -> TrainResult:
+    """The body of :func:`train_classifier`, with ``model`` already on ``device``."""
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    rank, world = distributed_context()
+    rank, world = distributed_context("nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(config.seed)
+    # Shuffling and augmentation draw from CPU generators, so a seed gives the same batches on every device.
     generator = torch.Generator().manual_seed(config.seed + 1000 * rank)
     x_train, y_train = splits.train.tensors()
     x_val = to_float(splits.val.x)
     train_model = model
     if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model)
+        device_ids = [device.index] if device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if loss_fn is None:
         def loss_fn(m, x, y):
             return F.cross_entropy(m(x), y, label_smoothing=config.label_smoothing)
@@ -126,7 +164,7 @@ def train_classifier(
     warmup_steps = max(1, int(config.warmup_epochs * steps_per_epoch))
     max_shift = max(1, x_train.shape[-1] // 8) if config.augment else 0
     result = TrainResult(best_val_accuracy=-1.0, best_epoch=-1)
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = cpu_state_dict(model)
     step = 0
     bar = tqdm(total=total_steps, desc=config.desc, disable=not config.progress or rank != 0, leave=False)
     for epoch in range(config.epochs):
@@ -136,10 +174,12 @@ def train_classifier(
         losses = []
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
-            xb = random_shift(x_train[idx], max_shift, generator)
+            # Shift on the CPU (where the generator lives), then move the batch.
+            xb = random_shift(x_train[idx], max_shift, generator).to(device)
+            yb = y_train[idx].to(device)
             for group in optimiser.param_groups:
                 group["lr"] = cosine_lr(step, total_steps, warmup_steps, config.lr)
-            loss = loss_fn(train_model, xb, y_train[idx])
+            loss = loss_fn(train_model, xb, yb)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -154,8 +194,9 @@ def train_classifier(
             bar.write(f"{config.desc}: epoch {epoch + 1}/{config.epochs} loss {result.train_loss_per_epoch[-1]:.4f} val_acc {val_acc:.4f}")
         if val_acc > result.best_val_accuracy:
             result.best_val_accuracy, result.best_epoch = val_acc, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = cpu_state_dict(model)
     bar.close()
+    model.cpu()
     model.load_state_dict(best_state)
     model.eval()
     return result

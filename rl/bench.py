@@ -11,9 +11,11 @@ Sections, each written to ``out_dir`` as JSON (``bench.json``) and PNG plots:
    the paper's claims (56 % latency, 72 % energy) marked.
 
 Finished training runs are kept under ``out_dir/runs`` and reused, so an interrupted bench resumes.
+Every training run and baseline evaluation is planned first and run by ``jobs`` single-threaded
+worker processes (default: one per core), longest first; the sections then read the results.
 ``quick`` shrinks every budget to a smoke run (minutes); the figures then say nothing about quality.
 
-    python -m coinfer.rl.bench --out runs/bench/rl [--quick]
+    python -m coinfer.rl.bench --out runs/bench/rl [--quick] [--jobs J]
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ PAPER_LATENCY_CLAIM, PAPER_ENERGY_CLAIM = 0.56, 0.72
 SCHEDULER_SCENARIOS = ("mahppo-paper-resnet18", "edge-server", "dense")
 BASELINES = ("local", "offload", "random", "greedy", "search")
 SEEDS = (0, 1, 2)
+ALGOS = ("mahppo", "sb3-ppo")
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,100 @@ def bench_speed(budget: Budget, targets: Targets, num_envs: int = 256) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Planned work: every training run and baseline evaluation, run in parallel before the sections
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of the bench (``algo`` 'mahppo' or 'sb3-ppo'), or a scenario's baselines ('baselines')."""
+
+    algo: str
+    scenario: str
+    seed: int
+    steps: int
+    eval_every: int
+    out: Path
+    overrides: tuple[tuple[str, float], ...] = ()
+    search_options: tuple[tuple[str, int], ...] = ()
+
+    def done(self) -> bool:
+        return (self.out / ("baselines.json" if self.algo == "baselines" else "result.json")).exists()
+
+    def label(self) -> str:
+        extra = "".join(f" {k}={v:g}" for k, v in self.overrides)
+        return f"{self.scenario} {self.algo}" + ("" if self.algo == "baselines" else f" seed {self.seed}{extra}")
+
+
+def _run_dir(out_dir: Path, scenario: str, algo: str, seed: int) -> Path:
+    return out_dir / "runs" / scenario / f"{algo}-seed{seed}"
+
+
+def _sweep_dir(out_dir: Path, kind: str, value: float) -> Path:
+    return out_dir / "runs" / "sweep" / f"{kind}-{value:g}"
+
+
+def _sweep_overrides(kind: str, value: float) -> dict:
+    return {"num_devices": int(value)} if kind == "devices" else {"beta": float(value)}
+
+
+def planned_runs(budget: Budget, out_dir: Path, seeds: dict[str, tuple[int, ...]] | None = None) -> list[PlannedRun]:
+    """What the scheduler comparison and the sweeps will train, longest first (for packing into workers).
+
+    ``seeds`` maps each algorithm to its training seeds (default: SEEDS for both); the scheduler
+    runs come seed by seed, so a run stopped early has whole seeds rather than whole scenarios.
+    """
+    seeds = seeds or {algo: SEEDS for algo in ALGOS}
+    plan = [PlannedRun("baselines", name, 0, 0, 0, out_dir / "runs" / name, search_options=budget.search_options) for name in SCHEDULER_SCENARIOS]
+    plan += [PlannedRun(algo, name, s, budget.train_steps, budget.eval_every_steps, _run_dir(out_dir, name, algo, s))
+             for s in sorted({s for algo in ALGOS for s in seeds[algo]}) for algo in ALGOS if s in seeds[algo] for name in SCHEDULER_SCENARIOS]
+    for kind, values in (("devices", budget.sweep_devices), ("beta", budget.sweep_betas)):
+        for value in values:
+            overrides = tuple(_sweep_overrides(kind, value).items())
+            plan.append(PlannedRun("mahppo", "mahppo-paper-resnet18", 0, budget.sweep_steps, 0, _sweep_dir(out_dir, kind, value), overrides=overrides))
+    return plan
+
+
+def _execute(run: PlannedRun) -> str:
+    """Worker entry point: one planned run, single-threaded."""
+    import torch
+
+    torch.set_num_threads(1)
+    if run.algo == "baselines":
+        from coinfer.rl.scenario import load_scenario
+
+        _baselines_cached(load_scenario(run.scenario), run.out, dict(run.search_options))
+    else:
+        _train_cached(run.algo, run.scenario, run.seed, run.steps, run.eval_every, run.out, **dict(run.overrides))
+    return run.label()
+
+
+def execute_planned(plan: list[PlannedRun], jobs: int) -> None:
+    """Run what ``plan`` has not finished yet with ``jobs`` worker processes (1: in this process), with a progress bar."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    pending = [run for run in plan if not run.done()]
+    if not pending:
+        return
+    print(f"[plan] {len(pending)} of {len(plan)} runs to do, {jobs} worker process(es)", flush=True)
+    bar = tqdm(total=len(pending), unit="run", desc="rl bench")
+    if jobs <= 1:
+        for run in pending:
+            bar.set_postfix_str(run.label())
+            _execute(run)
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_execute, run) for run in pending]
+            for future in as_completed(futures):
+                bar.set_postfix_str(future.result())
+                bar.update(1)
+    bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
 # 3. Schedulers
 
 
@@ -221,17 +318,18 @@ def _spread(values: list[float]) -> dict:
     return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max()), "runs": [float(v) for v in a]}
 
 
-def bench_schedulers(budget: Budget, out_dir: Path, targets: Targets) -> dict:
+def bench_schedulers(budget: Budget, out_dir: Path, targets: Targets, seeds: dict[str, tuple[int, ...]] | None = None) -> dict:
     from coinfer.rl.plots import plot_learning_curve
     from coinfer.rl.scenario import load_scenario
 
+    seeds = seeds or {algo: SEEDS for algo in ALGOS}
     report = {}
     for name in SCHEDULER_SCENARIOS:
         scenario = load_scenario(name)
-        print(f"[schedulers] {name}: baselines, then MAHPPO and sb3-ppo x {len(SEEDS)} seeds x {budget.train_steps} steps")
+        print(f"[schedulers] {name}: baselines, then MAHPPO x {len(seeds['mahppo'])} and sb3-ppo x {len(seeds['sb3-ppo'])} seeds x {budget.train_steps} steps")
         base = _baselines_cached(scenario, out_dir / "runs" / name, dict(budget.search_options))
-        runs = {algo: [_train_cached(algo, name, s, budget.train_steps, budget.eval_every_steps, out_dir / "runs" / name / f"{algo}-seed{s}") for s in SEEDS]
-                for algo in ("mahppo", "sb3-ppo")}
+        runs = {algo: [_train_cached(algo, name, s, budget.train_steps, budget.eval_every_steps, _run_dir(out_dir, name, algo, s)) for s in seeds[algo]]
+                for algo in ALGOS}
         mahppo = _spread([r["eval"]["reward"] for r in runs["mahppo"]])
         sb3 = _spread([r["eval"]["reward"] for r in runs["sb3-ppo"]])
         rivals = {b: base[b]["reward"] for b in BASELINES} | {"sb3-ppo": sb3["mean"]}
@@ -241,9 +339,9 @@ def bench_schedulers(budget: Budget, out_dir: Path, targets: Targets) -> dict:
             r = base[b]
             targets.add(f"{name}: {b} reward (s/task, J/task)", f"{r['reward']:.3f}", "< MAHPPO",
                         f"{r['latency_per_task_s']:.4f} s, {r['energy_per_task_j']:.4f} J", r["reward"] < mahppo["mean"])
-        targets.add(f"{name}: sb3-ppo reward, mean [min, max] of {len(SEEDS)}", f"{sb3['mean']:.3f} [{sb3['min']:.3f}, {sb3['max']:.3f}]",
+        targets.add(f"{name}: sb3-ppo reward, mean [min, max] of {len(seeds['sb3-ppo'])} seed(s)", f"{sb3['mean']:.3f} [{sb3['min']:.3f}, {sb3['max']:.3f}]",
                     "< MAHPPO", "-", sb3["mean"] < mahppo["mean"])
-        targets.add(f"{name}: MAHPPO reward, mean [min, max] of {len(SEEDS)}", f"{mahppo['mean']:.3f} [{mahppo['min']:.3f}, {mahppo['max']:.3f}]",
+        targets.add(f"{name}: MAHPPO reward, mean [min, max] of {len(seeds['mahppo'])} seed(s)", f"{mahppo['mean']:.3f} [{mahppo['min']:.3f}, {mahppo['max']:.3f}]",
                     f"> {rivals[best_rival]:.3f} ({best_rival})", "-", bool(wins))
         best = _spread([r["best_curve_eval_reward"] for r in runs["mahppo"]])
         targets.add(f"{name}: MAHPPO best evaluation along the curve (not the final policy)", f"{best['mean']:.3f} [{best['min']:.3f}, {best['max']:.3f}]",
@@ -285,9 +383,9 @@ def bench_sweeps(budget: Budget, out_dir: Path, targets: Targets) -> dict:
     report: dict[str, list] = {"devices": [], "beta": []}
     for kind, values in (("devices", budget.sweep_devices), ("beta", budget.sweep_betas)):
         for value in values:
-            overrides = {"num_devices": int(value)} if kind == "devices" else {"beta": float(value)}
+            overrides = _sweep_overrides(kind, value)
             scenario = MahppoConfig(**overrides).build_scenario()
-            run = _train_cached("mahppo", "mahppo-paper-resnet18", 0, budget.sweep_steps, 0, out_dir / "runs" / "sweep" / f"{kind}-{value:g}", **overrides)
+            run = _train_cached("mahppo", "mahppo-paper-resnet18", 0, budget.sweep_steps, 0, _sweep_dir(out_dir, kind, value), **overrides)
             local = evaluate_policy(make_policy("local", scenario), scenario)
             ours = run["eval"]
             row = {kind: value, "mahppo": ours, "local": local.summary(),
@@ -332,8 +430,25 @@ def _plot_sweeps(report: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_benchmarks(out_dir: Path, quick: bool) -> dict:
+def train_only(out_dir: Path, quick: bool, jobs: int | None, only: str, seeds: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Train the planned runs of one kind ('schedulers', 'sweeps' or 'all') and stop, without the report.
+
+    For spreading a bench over machines: each trains its share into a copy of ``out_dir``, the
+    ``runs`` folders are merged, and a plain run then finds everything trained and reports.
+    """
+    budget = QUICK if quick else FULL
+    plan = planned_runs(budget, Path(out_dir), seeds)
+    if only == "schedulers":
+        plan = [run for run in plan if run.scenario in SCHEDULER_SCENARIOS and not run.overrides]
+    elif only == "sweeps":
+        plan = [run for run in plan if run.overrides]
+    execute_planned(plan, jobs if jobs is not None else (os.cpu_count() or 1))
+
+
+def run_benchmarks(out_dir: Path, quick: bool, jobs: int | None = None, seeds: dict[str, tuple[int, ...]] | None = None) -> dict:
     """Run every section, print each figure beside its target and anchor, write ``bench.json``.
+
+    ``jobs`` worker processes train the planned runs first (default: one per core).
 
     The returned dict has a ``targets`` list of rows {name, ours, target, anchor, met} for the
     ``coinfer bench`` report, and each section's full figures under its name.
@@ -343,7 +458,9 @@ def run_benchmarks(out_dir: Path, quick: bool) -> dict:
     budget = QUICK if quick else FULL
     start = time.perf_counter()
     targets = Targets()
-    report: dict = {"quick": quick, "budget": asdict(budget), "targets": targets.rows}
+    jobs = jobs if jobs is not None else (os.cpu_count() or 1)
+    seeds = seeds or {algo: SEEDS for algo in ALGOS}
+    report: dict = {"quick": quick, "budget": asdict(budget), "jobs": jobs, "seeds": seeds, "targets": targets.rows}
 
     def save() -> None:
         (out_dir / "bench.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
@@ -351,11 +468,14 @@ def run_benchmarks(out_dir: Path, quick: bool) -> dict:
     sections = (
         ("conformance", lambda: bench_conformance(targets)),
         ("speed", lambda: bench_speed(budget, targets)),
-        ("schedulers", lambda: bench_schedulers(budget, out_dir, targets)),
+        ("plan", lambda: execute_planned(planned_runs(budget, out_dir, seeds), jobs)),
+        ("schedulers", lambda: bench_schedulers(budget, out_dir, targets, seeds)),
         ("sweeps", lambda: bench_sweeps(budget, out_dir, targets)),
     )
     for name, section in sections:
-        report[name] = section()
+        result = section()
+        if result is not None:
+            report[name] = result
         report["wall_s"] = time.perf_counter() - start
         save()
     print(f"rl bench done in {report['wall_s'] / 60:.1f} min; wrote {out_dir / 'bench.json'}")
@@ -370,12 +490,34 @@ def _jsonable(value):
     return str(value)
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    """``--seeds``: distinct non-negative integers, comma separated."""
+    try:
+        seeds = tuple(int(piece) for piece in text.split(",") if piece.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"give one or more distinct seeds >= 0, got {text!r}")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m coinfer.rl.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench/rl", help="output folder")
     parser.add_argument("--quick", action="store_true", help="smoke budgets (minutes)")
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes for the training runs (default: one per core)")
+    parser.add_argument("--train-only", choices=("all", "schedulers", "sweeps"), default=None,
+                        help="train that share of the planned runs and stop (to spread the bench over machines)")
+    parser.add_argument("--seeds", type=_seed_list, default=SEEDS, help="MAHPPO training seeds, comma list (default 0,1,2)")
+    parser.add_argument("--sb3-seeds", type=_seed_list, default=None, help="sb3-ppo training seeds (default: as --seeds)")
     args = parser.parse_args(argv)
-    run_benchmarks(Path(args.out), args.quick)
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    seeds = {"mahppo": args.seeds, "sb3-ppo": args.sb3_seeds if args.sb3_seeds is not None else args.seeds}
+    if args.train_only:
+        train_only(Path(args.out), args.quick, args.jobs, args.train_only, seeds)
+    else:
+        run_benchmarks(Path(args.out), args.quick, args.jobs, seeds)
     return 0
 
 

@@ -34,9 +34,10 @@ class MahppoConfig:
 
     The defaults are the paper's (learning rates, gamma, lambda, clip, entropy, network sizes,
     minibatches of 256 with 80 gradient steps per 1024 environment steps, 500k steps), except:
-    rollouts gather 4096 steps from 64 environments at once (the batched simulator costs about the
-    same per step for 16 or 64 environments), the power head spans its range geometrically, and
-    the learning rate decays linearly (CleanRL's default).
+    rollouts gather 4096 steps from 128 environments at once (the batched simulator's cost per
+    call hardly grows with the number of environments: 128 train about 25% faster than 64 on one
+    core), the power head spans its range geometrically, and the learning rate decays linearly
+    (CleanRL's default).
     """
 
     scenario: str = "mahppo-paper-resnet18"
@@ -49,10 +50,10 @@ class MahppoConfig:
     """Environment steps (slots of one environment) to train for."""
     seed: int = 0
     """Root seed of the simulator, the networks and the sampling."""
-    num_envs: int = 64
+    num_envs: int = 128
     """Environments stepped together by the batched simulator."""
     rollout_steps: int = 4096
-    """Environment steps per update, over all environments (64 per environment by default)."""
+    """Environment steps per update, over all environments (32 per environment by default)."""
     update_epochs: int = 20
     """Passes over each rollout: 20 epochs of minibatches of 256 are the paper's 80 minibatches per 1024 steps."""
     minibatch_size: int = 256

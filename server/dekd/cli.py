@@ -20,6 +20,7 @@ QUICK_TEACHER = dict(arch="vit-nano", epochs=30, lr=3e-3, batch_size=32)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from coinfer.core.device import DEVICE_CHOICES
     from coinfer.server.dekd.partition import PARTITION_METHODS
     from coinfer.server.dekd.teacher import PRESETS
 
@@ -39,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--num-heads", type=int, default=None, help="override the preset's heads per block")
     t.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (default 0.1)")
     t.add_argument("--seed", type=int, default=0, help="seed of the data split and training (default 0)")
+    t.add_argument(
+        "--device", default="cpu", choices=DEVICE_CHOICES,
+        help="where the teacher trains (default cpu; auto: cuda when torch sees a GPU); the saved teacher is CPU tensors either way",
+    )
     t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     t.set_defaults(handler=_teacher_train)
 
@@ -110,12 +115,17 @@ def _teacher_train(args: argparse.Namespace) -> int:
     import torch
 
     from coinfer.core.data import load_dataset
+    from coinfer.core.device import resolve_device
     from coinfer.core.errors import InvalidInput
     from coinfer.core.training import TrainConfig, evaluate
     from coinfer.server.dekd.parallel import is_main, world
     from coinfer.server.dekd.teacher import save_teacher, teacher_config, train_teacher
 
-    world()  # under torchrun: a gloo group, the tensors stay on the CPU
+    # First of all: cuda asked for on a machine without a GPU fails before anything is read or written.
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        world()  # under torchrun: a gloo group, the tensors stay on the CPU
+    # On a GPU, training creates the process group itself (nccl), one GPU per torchrun process.
     for name in ("epochs", "batch_size"):
         _check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
     _set_threads(args.threads)
@@ -130,7 +140,8 @@ def _teacher_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model, result = train_teacher(
         splits, config,
-        TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, desc=f"teacher {args.arch}"),
+        TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, desc=f"teacher {args.arch}",
+                    device=str(device)),
     )
     if not is_main():
         return 0
@@ -145,13 +156,14 @@ def _teacher_train(args: argparse.Namespace) -> int:
         "best_epoch": result.best_epoch,
         "val_accuracy_per_epoch": result.val_accuracy_per_epoch,
         "train_seconds": round(time.perf_counter() - started, 1),
+        "train_device": str(device),
         "macs": model.macs(),
         "params": model.num_params(),
         "torch_version": torch.__version__,
     }
     save_teacher(model, args.out, meta, overwrite=args.overwrite)
     print(f"teacher {args.arch} on {splits.name}: val {result.best_val_accuracy:.4f} (epoch {result.best_epoch + 1}), "
-          f"test {test_acc:.4f}, {model.num_params():,} params, {model.macs():,} MACs -> {args.out}")
+          f"test {test_acc:.4f}, {model.num_params():,} params, {model.macs():,} MACs, trained on {device} -> {args.out}")
     return 0
 
 

@@ -87,7 +87,8 @@ def teacher_config(
 def train_teacher(splits, config, train):
     """A ViT of ``config`` (a ViTConfig) trained on ``splits`` with ``train`` (a core TrainConfig).
 
-    Returns (model in evaluation mode holding its best validation epoch, TrainResult).
+    Trains on ``train.device``; returns (model on the CPU, in evaluation mode, holding its best
+    validation epoch, TrainResult).
     """
     import torch
 
@@ -95,11 +96,13 @@ def train_teacher(splits, config, train):
     from coinfer.core.training import train_classifier
 
     check_compatible(config, splits)
-    # Seed the initial weights too: train_classifier seeds only what happens after them.
+    # Seed the initial weights too: train_classifier seeds only what happens after them. They are
+    # drawn on the CPU, so a seed gives the same starting teacher whatever device trains it.
     torch.manual_seed(train.seed)
     model = VisionTransformer(config)
     result = train_classifier(model, splits, train)
-    return model, result
+    # Everything after training (evaluation, saving, DEKD) expects a CPU model.
+    return model.cpu().eval(), result
 
 
 def check_compatible(config, splits) -> None:

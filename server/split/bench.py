@@ -12,7 +12,10 @@ training and test images, short bottleneck training, and two single-threaded wor
 a rerun with the same settings skips what is done (an interrupted run resumes). Backbone weights are kept in the output folder
 and reused by a rerun with the same settings.
 
-    python -m coinfer.server.split.bench --out runs/bench/split [--quick]
+    python -m coinfer.server.split.bench --out runs/bench/split [--quick] [--device cuda]
+
+``--device cuda`` trains backbones and bottlenecks on a GPU (the workers share it); evaluation
+through the codec stays on the CPU, and a GPU run reuses and fills the same caches as a CPU one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,6 +79,9 @@ class BenchConfig:
     """Seeds splits, subsets and training."""
     progress: bool = True
     """Show progress bars."""
+    device: str = "cpu"
+    """Where backbones and bottlenecks train: 'cpu', 'cuda' or 'auto' (overrides the train configs'
+    own device; not part of the cache keys, a GPU result is the same experiment)."""
 
 
 def quick_bench_config() -> BenchConfig:
@@ -87,10 +94,14 @@ def quick_bench_config() -> BenchConfig:
     )
 
 
+_NOT_IN_KEY = ("progress", "desc", "device")
+"""Train-config fields that do not change what is measured, so a rerun with other values reuses the caches."""
+
+
 def _settings_key(config: BenchConfig, backbone: str) -> dict:
     return {"backbone": backbone, "dataset": config.dataset, "width_mult": config.width_mult,
             "train_images": config.train_images, "seed": config.seed,
-            "backbone_train": {k: v for k, v in asdict(config.backbone_train).items() if k not in ("progress", "desc")}}
+            "backbone_train": {k: v for k, v in asdict(config.backbone_train).items() if k not in _NOT_IN_KEY}}
 
 
 def _backbone(config: BenchConfig, name: str, splits, folder: Path):
@@ -109,7 +120,7 @@ def _backbone(config: BenchConfig, name: str, splits, folder: Path):
         load_weights(model, weights)
         return model.eval(), True
     train = dataclasses.replace(splits, train=split_subset(splits.train, config.train_images, config.seed))
-    train_classifier(model, train, dataclasses.replace(config.backbone_train, seed=config.seed,
+    train_classifier(model, train, dataclasses.replace(config.backbone_train, seed=config.seed, device=config.device,
                                                        progress=config.progress, desc=f"{name} backbone"))
     folder.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(weights))
@@ -119,7 +130,7 @@ def _backbone(config: BenchConfig, name: str, splits, folder: Path):
 
 def _rows_key(config: BenchConfig, name: str) -> dict:
     """Everything a row depends on: a rerun with the same key reuses the rows already measured."""
-    train = {k: v for k, v in asdict(config.bottleneck_train).items() if k != "progress"}
+    train = {k: v for k, v in asdict(config.bottleneck_train).items() if k not in _NOT_IN_KEY}
     return {**_settings_key(config, name), "bottleneck_train_images": config.bottleneck_train_images,
             "test_images": config.test_images, "bits": list(config.bits), "bottleneck_train": train}
 
@@ -165,7 +176,8 @@ def bench_backbone(config: BenchConfig, name: str, splits, folder: Path) -> dict
     rows_reused = 0
     fp32: dict[int, int] = {}
     last = model.num_points - 1
-    train_cfg = dataclasses.replace(config.bottleneck_train, seed=config.seed, progress=config.progress)
+    train_cfg = dataclasses.replace(config.bottleneck_train, seed=config.seed, progress=config.progress,
+                                    device=config.device)
     for point in range(1, last):
         shape = model.feature_shape(point)
         fp32[point] = sizing.fp32_bytes(shape)
@@ -184,7 +196,7 @@ def bench_backbone(config: BenchConfig, name: str, splits, folder: Path) -> dict
                     continue
                 if feats is None:
                     feats = compute_point_features(model, point, splits, config.bottleneck_train_images, config.seed,
-                                                   include_val=False)
+                                                   include_val=False, device=config.device)
                     tail = model.segment(point, last)
                 t0 = time.perf_counter()
                 ae, _ = train_bottleneck(bcfg, feats, tail, train_cfg, desc=f"{name} p{point} {design} /{reduction:g}")
@@ -272,6 +284,10 @@ def run_benchmark(out_dir: str | Path, quick: bool = False, config: BenchConfig 
     from multiprocessing import get_context
 
     config = config or (quick_bench_config() if quick else BenchConfig())
+    # One device for everything, also in the settings written out.
+    config = dataclasses.replace(
+        config, backbone_train=dataclasses.replace(config.backbone_train, device=config.device),
+        bottleneck_train=dataclasses.replace(config.bottleneck_train, device=config.device))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -311,19 +327,86 @@ def print_summary(summary: dict) -> None:
     print(f"  wall time {summary.get('wall_s', 0):.0f} s")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _reductions(text: str) -> tuple[float, ...]:
+    """``--reductions``: a comma list of element reductions, each greater than 1."""
+    try:
+        values = tuple(float(piece) for piece in text.split(",") if piece.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}") from None
+    if not values or any(not v > 1 for v in values):
+        raise argparse.ArgumentTypeError(f"give one or more reductions, each greater than 1, got {text!r}")
+    return values
+
+
+def _steps(text: str) -> int:
+    """A non-negative number of optimiser steps."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"steps must be 0 or more, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line."""
+    from coinfer.core.device import DEVICE_CHOICES
+
     parser = argparse.ArgumentParser(prog="python -m coinfer.server.split.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/bench/split", help="output folder (JSON, PNGs, backbone weights)")
     parser.add_argument("--quick", action="store_true", help="digits, one backbone, short training")
     parser.add_argument("--backbones", default=None, help="comma list (default resnet18,vgg11,mobilenetv2)")
+    parser.add_argument("--data-dir", default=None,
+                        help="dataset folder (default: fashion-mnist's idx files under /usr/share/datasets)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="cpu",
+                        help="where backbones and bottlenecks train (default cpu; evaluation stays on the CPU)")
+    parser.add_argument("--reductions", type=_reductions, default=None,
+                        help="comma list of bottleneck element reductions (default 5,20; --quick 4,16)")
+    parser.add_argument("--recon-steps", type=_steps, default=None, help="bottleneck reconstruction-only steps")
+    parser.add_argument("--distill-steps", type=_steps, default=None, help="bottleneck steps with distillation")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="backbones measured at once, one process each (default 2: two cores)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """The BenchConfig the parsed arguments ask for (``--quick`` first, explicit flags on top)."""
+    from coinfer.core.errors import InvalidInput
+
     config = quick_bench_config() if args.quick else BenchConfig()
     if args.backbones:
         from coinfer.server.split.backbones import check_backbone
 
         config.backbones = tuple(check_backbone(b.strip()) for b in args.backbones.split(",") if b.strip())
     config.progress = not args.no_progress
+    if args.data_dir is not None:
+        config.data_dir = args.data_dir
+    config.device = args.device
+    if args.workers is not None:
+        if args.workers < 1:
+            raise InvalidInput(f"--workers must be >= 1, got {args.workers}")
+        config.workers = args.workers
+    if args.reductions is not None:
+        config.reductions = args.reductions
+    steps = {k: v for k, v in (("recon_steps", args.recon_steps), ("distill_steps", args.distill_steps)) if v is not None}
+    if steps:
+        config.bottleneck_train = dataclasses.replace(config.bottleneck_train, **steps)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    from coinfer.core.device import resolve_device
+    from coinfer.core.errors import CoinferError
+
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        resolve_device(config.device)  # no GPU for --device cuda: say so now, not inside a worker
+    except CoinferError as exc:
+        print(f"split bench: error: {exc}", file=sys.stderr)
+        return 2
     run_benchmark(args.out, args.quick, config)
     return 0
 

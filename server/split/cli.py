@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from coinfer.core.device import DEVICE_CHOICES
 from coinfer.server.split.backbones import BACKBONES
 
 
@@ -40,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for training (default 1: these small models train fastest "
                    "single-threaded, and much slower on shared, oversubscribed cores; 0 = torch's default)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="cpu",
+                   help="where the backbone, bottlenecks and fine-tuning train (default cpu; auto = cuda when "
+                   "present); measurements and the bundle are on the CPU either way")
     p.add_argument("--quick", action="store_true", help="digits, short training: a few minutes on 2 cores")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -67,15 +71,16 @@ def config_from_args(args: argparse.Namespace):
     if args.no_zlib:
         changes["compress"] = False
     progress = not args.no_progress
-    backbone_train = dataclasses.replace(config.backbone_train, progress=progress)
+    device = args.device
+    backbone_train = dataclasses.replace(config.backbone_train, progress=progress, device=device)
     if args.epochs is not None:
         backbone_train = dataclasses.replace(backbone_train, epochs=args.epochs)
-    bottleneck_train = dataclasses.replace(config.bottleneck_train, progress=progress)
+    bottleneck_train = dataclasses.replace(config.bottleneck_train, progress=progress, device=device)
     if args.recon_steps is not None:
         bottleneck_train = dataclasses.replace(bottleneck_train, recon_steps=args.recon_steps)
     if args.distill_steps is not None:
         bottleneck_train = dataclasses.replace(bottleneck_train, distill_steps=args.distill_steps)
-    finetune = dataclasses.replace(config.finetune, progress=progress)
+    finetune = dataclasses.replace(config.finetune, progress=progress, device=device)
     if args.finetune_steps is not None:
         finetune = dataclasses.replace(finetune, steps=args.finetune_steps)
     changes.update(backbone_train=backbone_train, bottleneck_train=bottleneck_train, finetune=finetune)

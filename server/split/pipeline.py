@@ -127,6 +127,11 @@ def _check(config: SplitConfig) -> None:
         raise InvalidInput(f"compression target must be positive, got {config.compression}")
     if config.compress not in (None, False, True):
         raise InvalidInput("compress must be None (when it pays), False or True")
+    from coinfer.core.device import resolve_device
+
+    # Before any data loads: a bad device, or cuda without a GPU, fails here and says so.
+    for part in (config.backbone_train, config.bottleneck_train, config.finetune):
+        resolve_device(part.device)
 
 
 def prepare_backbone(config: SplitConfig, splits: DatasetSplits):
@@ -190,7 +195,8 @@ def run_split(config: SplitConfig, out: str | Path) -> SplitReport:
     reports: list[PointReport] = []
     for p in resolved:
         t0 = time.perf_counter()
-        feats: PointFeatures = compute_point_features(model, p, splits, config.max_train_images, config.seed)
+        feats: PointFeatures = compute_point_features(model, p, splits, config.max_train_images, config.seed,
+                                                      device=train_cfg.device)
         tail = model.segment(p, last)
         fp32 = sizing.fp32_bytes(feats.feature_shape)
         best = None

@@ -18,6 +18,10 @@ Evaluation sends every test image's latent through the real codec as its own mes
 
 Head features of a point are computed once (:class:`PointFeatures`) and shared by every
 bottleneck trained there.
+
+Training may run on a GPU (``device``); features stay on the CPU and move a minibatch at a time,
+the frozen networks run as copies on the device (the backbone itself never leaves the CPU), and
+every trained module comes back on the CPU, where evaluation through the codec runs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from coinfer.core.data import DatasetSplits, ImageDataset, to_float
+from coinfer.core.device import model_device, resolve_device
 from coinfer.core.errors import InvalidInput
 from coinfer.core.models.autoencoders import Bottleneck, BottleneckConfig, fake_quantise
 from coinfer.core.split_runtime import codec_round_trip
@@ -74,6 +79,8 @@ class BottleneckTrainConfig:
     """Seeds initialisation and batch order."""
     progress: bool = True
     """Show a progress bar."""
+    device: str = "cpu"
+    """Where training runs: 'cpu', 'cuda' (or 'cuda:N') or 'auto'; the bottleneck comes back on the CPU."""
 
 
 @dataclass
@@ -94,6 +101,8 @@ class FinetuneConfig:
     """Seeds batch order."""
     progress: bool = True
     """Show a progress bar."""
+    device: str = "cpu"
+    """Where fine-tuning runs: 'cpu', 'cuda' (or 'cuda:N') or 'auto'; the parts come back on the CPU."""
 
 
 @dataclass
@@ -127,19 +136,43 @@ def run_batches(fn, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+def on_device(module: nn.Module, device: torch.device):
+    """``module`` as a function of CPU tensors run on ``device``: batches go there, results come back."""
+    if device.type == "cpu":
+        return module
+    return lambda x: module(x.to(device)).cpu()
+
+
+def _device_copy(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` itself on the CPU; elsewhere a copy moved there, so a module that shares its
+    parameters with a backbone (a segment) never splits that backbone across devices."""
+    return module if device.type == "cpu" else copy.deepcopy(module).to(device)
+
+
 def compute_point_features(
-    backbone, point: int, splits: DatasetSplits, max_train_images: int = 0, seed: int = 0, include_val: bool = True
+    backbone,
+    point: int,
+    splits: DatasetSplits,
+    max_train_images: int = 0,
+    seed: int = 0,
+    include_val: bool = True,
+    device: str = "cpu",
 ) -> PointFeatures:
-    """Head features at ``point`` for (a seeded subset of) train, all of test, and val unless left out."""
+    """Head features at ``point`` for (a seeded subset of) train, all of test, and val unless left out.
+
+    With a GPU ``device`` the backbone runs as a copy there; the features are returned on the CPU.
+    """
     backbone.eval()
-    head = backbone.segment(0, point)
+    dev = resolve_device(device)
+    net = _device_copy(backbone, dev).eval()
+    head = on_device(net.segment(0, point), dev)
     train = splits.train
     if max_train_images and len(train) > max_train_images:
         keep = np.sort(np.random.default_rng(seed).choice(len(train), max_train_images, replace=False))
         train = train.subset(keep)
     x_train = to_float(train.x)
     f_train = run_batches(head, x_train)
-    teacher = run_batches(backbone.segment(point, backbone.num_points - 1), f_train)
+    teacher = run_batches(on_device(net.segment(point, net.num_points - 1), dev), f_train)
     scale = float(f_train.float().std()) or 1.0
     if f_train.numel() * 4 > _CACHE_FP16_BYTES:
         f_train = f_train.half()
@@ -185,15 +218,20 @@ def train_bottleneck(
     train: BottleneckTrainConfig,
     desc: str = "bottleneck",
 ) -> tuple[Bottleneck, TrainLog]:
-    """A trained bottleneck for ``features``; ``tail`` (frozen here) maps the feature to logits."""
+    """A trained bottleneck for ``features``; ``tail`` (frozen here) maps the feature to logits.
+
+    Training runs on ``train.device``: the bottleneck and a copy of the tail go there, features move
+    a minibatch at a time; the bottleneck is returned on the CPU and ``tail`` itself never moves.
+    """
     if features.feature_shape != config.feature_shape(1):
         raise InvalidInput(f"bottleneck expects features {config.feature_shape(1)}, point gives {features.feature_shape}")
     for bits in train.qat_bits:
         if bits not in (8, 4, 2):
             raise InvalidInput(f"qat_bits must be 8, 4 or 2, got {bits}")
+    device = resolve_device(train.device)
     torch.manual_seed(train.seed)
-    ae = Bottleneck(config)
-    _freeze(tail)
+    ae = Bottleneck(config).to(device)  # initialised on the CPU, so a seed gives the same start everywhere
+    run_tail = _freeze(_device_copy(_freeze(tail), device))
     qat = train.qat_bits if config.design == "ours" else ()
     params = list(ae.parameters())
     peak_lr = train.paper_lr if config.design == "paper" else train.lr
@@ -203,6 +241,7 @@ def train_bottleneck(
     generator = torch.Generator().manual_seed(train.seed)
     n = len(features.train)
     log = TrainLog()
+    losses: list[torch.Tensor] = []  # kept on the device and read once at the end: no sync per step
     order = torch.randperm(n, generator=generator)
     cursor = 0
     bar = tqdm(total=total, desc=desc, disable=not train.progress, leave=False)
@@ -212,28 +251,31 @@ def train_bottleneck(
             order, cursor = torch.randperm(n, generator=generator), 0
         idx = order[cursor : cursor + train.batch_size]
         cursor += train.batch_size
-        f = features.train[idx].float()
+        f = features.train[idx].to(device).float()  # float16 crosses to the GPU at half the bytes
         bits = qat[step % len(qat)] if qat else 0
         restored = ae(f, bits)
         loss = train.recon_weight * F.smooth_l1_loss(restored / features.scale, f / features.scale)
         distilling = step >= train.recon_steps
         if distilling:
-            logits = tail(restored)
-            loss = loss + train.kd_weight * distillation_loss(logits, features.train_teacher[idx], train.kd_temperature)
+            logits = run_tail(restored)
+            teacher = features.train_teacher[idx].to(device)
+            loss = loss + train.kd_weight * distillation_loss(logits, teacher, train.kd_temperature)
             if train.ce_weight:
-                loss = loss + train.ce_weight * F.cross_entropy(logits, features.train_labels[idx])
+                loss = loss + train.ce_weight * F.cross_entropy(logits, features.train_labels[idx].to(device))
         for group in optimiser.param_groups:
             group["lr"] = cosine_lr(step, total, warmup, peak_lr)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        (log.distill_loss if distilling else log.recon_loss).append(loss.item())
+        losses.append(loss.detach())
         bar.update(1)
-        if step % 20 == 0:
+        if step % 20 == 0 and train.progress:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
+    values = torch.stack(losses).cpu().tolist() if losses else []
+    log.recon_loss, log.distill_loss = values[: train.recon_steps], values[train.recon_steps :]
     ae.eval()
-    return ae, log
+    return ae.cpu(), log
 
 
 @dataclass(frozen=True)
@@ -255,7 +297,13 @@ def evaluate_bottleneck(
     compress: bool | None = None,
     batch_size: int = 256,
 ) -> Evaluation:
-    """Encode, send through the codec one image at a time, decode, run the tail: accuracy and bytes."""
+    """Encode, send through the codec one image at a time, decode, run the tail: accuracy and bytes.
+
+    Runs on the CPU, where the codec is: ``ae`` and ``tail`` must be there.
+    """
+    for name, module in (("bottleneck", ae), ("tail", tail)):
+        if model_device(module).type != "cpu":
+            raise InvalidInput(f"evaluate_bottleneck runs on the CPU, but the {name} is on {model_device(module)}")
     ae.eval()
     tail.eval()
     correct, sizes = 0, []
@@ -282,10 +330,22 @@ def finetune_point(
     """Jointly fine-tune a copy of the backbone's head and tail with ``ae`` (in place).
 
     Returns the fine-tuned (head, tail) segments; the backbone itself is not changed. BatchNorm
-    statistics stay frozen so the few steps cannot drift them.
+    statistics stay frozen so the few steps cannot drift them. Training runs on ``config.device``;
+    the segments and ``ae`` are returned on the CPU.
     """
-    teacher = _freeze(copy.deepcopy(backbone))
-    student = copy.deepcopy(backbone)
+    device = resolve_device(config.device)
+    ae.to(device)
+    try:
+        return _finetune_on_device(backbone, ae, point, splits, bits, config, desc, device)
+    finally:
+        ae.cpu()
+
+
+def _finetune_on_device(backbone, ae: Bottleneck, point: int, splits: DatasetSplits, bits: int,
+                        config: FinetuneConfig, desc: str, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The body of :func:`finetune_point`, with ``ae`` already on ``device``."""
+    teacher = _freeze(copy.deepcopy(backbone).to(device))
+    student = copy.deepcopy(backbone).to(device)
     head, tail = student.segment(0, point), student.segment(point, student.num_points - 1)
     for p in student.parameters():
         p.requires_grad_(True)
@@ -296,7 +356,7 @@ def finetune_point(
     bar = tqdm(total=config.steps, desc=desc, disable=not config.progress, leave=False)
     for step in range(config.steps):
         idx = torch.randint(0, len(x_train), (config.batch_size,), generator=generator)
-        x, y = x_train[idx], y_train[idx]
+        x, y = x_train[idx].to(device), y_train[idx].to(device)
         student.eval()  # frozen BatchNorm statistics; weights still learn
         ae.eval()
         with torch.no_grad():
@@ -316,6 +376,9 @@ def finetune_point(
     bar.close()
     for p in student.parameters():
         p.requires_grad_(False)
+    student.cpu()
+    # Fresh segments of the CPU student: ones made before the move could hold stale buffer references.
+    head, tail = student.segment(0, point), student.segment(point, student.num_points - 1)
     return head.eval(), tail.eval()
 
 

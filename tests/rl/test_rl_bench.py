@@ -21,3 +21,48 @@ def test_bench_speed_section_reports_the_ratio():
     assert targets.rows[-1]["met"] == (out["speedup"] >= 10)
     assert out["single_steps_per_s"] > 0 and out["batched_steps_per_s"] > 0
     assert out["speedup"] == out["batched_steps_per_s"] / out["single_steps_per_s"]
+
+
+def test_planned_runs_cover_every_training_once_seed_by_seed(tmp_path):
+    plan = bench.planned_runs(bench.FULL, tmp_path, {"mahppo": (0, 1), "sb3-ppo": (0,)})
+    kinds = [(r.algo, r.scenario, r.seed, r.overrides) for r in plan]
+    assert len(kinds) == len(set(kinds)) == len({r.out for r in plan})
+    assert [r.algo for r in plan[:3]] == ["baselines"] * 3
+    schedulers = [r for r in plan if r.algo != "baselines" and not r.overrides]
+    # seed 0 of both algorithms first (whole seeds finish first), then MAHPPO's seed 1
+    assert [(r.algo, r.seed) for r in schedulers] == [("mahppo", 0)] * 3 + [("sb3-ppo", 0)] * 3 + [("mahppo", 1)] * 3
+    assert all(r.steps == bench.FULL.train_steps for r in schedulers)
+    sweeps = [r for r in plan if r.overrides]
+    assert len(sweeps) == len(bench.FULL.sweep_devices) + len(bench.FULL.sweep_betas)
+    assert all(r.steps == bench.FULL.sweep_steps and r.scenario == "mahppo-paper-resnet18" for r in sweeps)
+
+
+def test_execute_planned_skips_what_is_done(tmp_path, monkeypatch):
+    done = bench.PlannedRun("mahppo", "dense", 0, 10, 0, tmp_path / "done")
+    todo = bench.PlannedRun("sb3-ppo", "dense", 1, 10, 0, tmp_path / "todo")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "result.json").write_text("{}")
+    ran = []
+    monkeypatch.setattr(bench, "_execute", lambda run: ran.append(run) or run.label())
+    bench.execute_planned([done, todo], jobs=1)
+    assert ran == [todo]
+
+
+def test_train_only_trains_the_asked_share(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(bench, "execute_planned", lambda plan, jobs: seen.update(plan=plan, jobs=jobs))
+    bench.train_only(tmp_path, quick=True, jobs=3, only="sweeps")
+    assert seen["jobs"] == 3 and seen["plan"] and all(r.overrides for r in seen["plan"])
+    bench.train_only(tmp_path, quick=True, jobs=1, only="schedulers", seeds={"mahppo": (2,), "sb3-ppo": (2,)})
+    assert {(r.algo, r.seed) for r in seen["plan"]} == {("baselines", 0), ("mahppo", 2), ("sb3-ppo", 2)}
+
+
+def test_seed_lists_are_checked():
+    import argparse
+
+    import pytest
+
+    assert bench._seed_list("0, 2") == (0, 2)
+    for bad in ("", "a", "-1", "1,1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench._seed_list(bad)
