@@ -136,10 +136,10 @@ def test_bench_flags_land_in_the_config_and_leave_the_defaults_alone() -> None:
     assert (config.bottleneck_train.recon_steps, config.bottleneck_train.distill_steps) == (9, 7)
     assert config.bottleneck_train.qat_bits == (8, 4, 2)  # the rest of the bottleneck training is kept
     default = BenchConfig()
-    assert default.device == "cpu" and default.reductions == (5.0, 20.0)
-    assert (default.bottleneck_train.recon_steps, default.bottleneck_train.distill_steps) == (300, 100)
+    assert default.device == "auto" and default.reductions == (5.0, 10.0, 20.0)
+    assert (default.bottleneck_train.recon_steps, default.bottleneck_train.distill_steps) == (600, 1200)
     plain = config_from_args(build_parser().parse_args([]))
-    assert plain.device == "cpu" and plain.reductions == default.reductions
+    assert plain.device == "auto" and plain.reductions == default.reductions
     assert plain.bottleneck_train == default.bottleneck_train
     quick = config_from_args(build_parser().parse_args(["--quick", "--distill-steps", "3"]))
     assert quick.dataset == "digits" and quick.bottleneck_train.distill_steps == 3
