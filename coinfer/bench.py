@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import inspect
 import json
 import platform
 import time
@@ -31,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/bench", help="folder for the JSON files, plots and REPORT.md")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma list of parts to run (from: {', '.join(PARTS)})")
     p.add_argument("--quick", action="store_true", help="small settings: checks the benchmarks run, figures are not the targets'")
+    p.add_argument("--jobs", type=int, default=None, help="rl part: worker processes for its training runs (default: one per core)")
+    p.add_argument("--seeds", default=None, help="rl part: MAHPPO training seeds, comma list (default 0,1,2)")
+    p.add_argument("--sb3-seeds", default=None, help="rl part: sb3-ppo training seeds (default: as --seeds)")
     p.set_defaults(handler=_run)
 
 
@@ -41,6 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise InvalidInput(f"unknown benchmark part(s) {unknown}; choose from {', '.join(PARTS)}")
+    extras = _part_options(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
@@ -50,7 +55,8 @@ def _run(args: argparse.Namespace) -> int:
         try:
             module = importlib.import_module(PARTS[name])
             runner = getattr(module, "run_benchmark", None) or getattr(module, "run_benchmarks")
-            result = runner(out / name, quick=args.quick)
+            accepted = inspect.signature(runner).parameters
+            result = runner(out / name, quick=args.quick, **{k: v for k, v in extras.items() if k in accepted})
             status = "ok"
         except Exception as exc:  # one broken part must not hide the others' figures
             traceback.print_exc()
@@ -64,6 +70,21 @@ def _run(args: argparse.Namespace) -> int:
     (out / "REPORT.md").write_text(render_report(with_earlier_parts(results, out), quick=args.quick))
     print(f"wrote {out / 'REPORT.md'}")
     return 0 if all(r.get("status") == "ok" for r in results.values()) else 1
+
+
+def _part_options(args: argparse.Namespace) -> dict:
+    """Options handed to the parts whose runner takes them (checked before any part runs)."""
+    from coinfer.core.errors import InvalidInput
+    from coinfer.rl.bench import SEEDS, parse_seeds
+
+    if args.jobs is not None and args.jobs < 1:
+        raise InvalidInput(f"--jobs must be >= 1, got {args.jobs}")
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else SEEDS
+        sb3 = parse_seeds(args.sb3_seeds) if args.sb3_seeds is not None else seeds
+    except argparse.ArgumentTypeError as exc:
+        raise InvalidInput(f"--seeds/--sb3-seeds: {exc}") from None
+    return {"jobs": args.jobs, "seeds": {"mahppo": seeds, "sb3-ppo": sb3}}
 
 
 def with_earlier_parts(results: dict[str, dict], out: Path) -> dict[str, dict]:

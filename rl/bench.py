@@ -490,7 +490,7 @@ def _jsonable(value):
     return str(value)
 
 
-def _seed_list(text: str) -> tuple[int, ...]:
+def parse_seeds(text: str) -> tuple[int, ...]:
     """``--seeds``: distinct non-negative integers, comma separated."""
     try:
         seeds = tuple(int(piece) for piece in text.split(",") if piece.strip())
@@ -508,8 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None, help="worker processes for the training runs (default: one per core)")
     parser.add_argument("--train-only", choices=("all", "schedulers", "sweeps"), default=None,
                         help="train that share of the planned runs and stop (to spread the bench over machines)")
-    parser.add_argument("--seeds", type=_seed_list, default=SEEDS, help="MAHPPO training seeds, comma list (default 0,1,2)")
-    parser.add_argument("--sb3-seeds", type=_seed_list, default=None, help="sb3-ppo training seeds (default: as --seeds)")
+    parser.add_argument("--seeds", type=parse_seeds, default=SEEDS, help="MAHPPO training seeds, comma list (default 0,1,2)")
+    parser.add_argument("--sb3-seeds", type=parse_seeds, default=None, help="sb3-ppo training seeds (default: as --seeds)")
     args = parser.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")

@@ -57,12 +57,22 @@ def test_train_only_trains_the_asked_share(tmp_path, monkeypatch):
     assert {(r.algo, r.seed) for r in seen["plan"]} == {("baselines", 0), ("mahppo", 2), ("sb3-ppo", 2)}
 
 
-def test_seed_lists_are_checked():
+def testparse_seedss_are_checked():
     import argparse
 
     import pytest
 
-    assert bench._seed_list("0, 2") == (0, 2)
+    assert bench.parse_seeds("0, 2") == (0, 2)
     for bad in ("", "a", "-1", "1,1"):
         with pytest.raises(argparse.ArgumentTypeError):
-            bench._seed_list(bad)
+            bench.parse_seeds(bad)
+
+
+def test_coinfer_bench_hands_jobs_and_seeds_to_the_rl_part(tmp_path, monkeypatch):
+    from coinfer import cli
+
+    calls = []
+    monkeypatch.setattr(bench, "run_benchmarks", lambda out, quick, jobs=None, seeds=None: calls.append((jobs, seeds)) or {"targets": []})
+    assert cli.main(["bench", "--parts", "rl", "--out", str(tmp_path), "--jobs", "3", "--seeds", "0,1", "--sb3-seeds", "2"]) == 0
+    assert calls == [(3, {"mahppo": (0, 1), "sb3-ppo": (2,)})]
+    assert cli.main(["bench", "--parts", "rl", "--out", str(tmp_path), "--seeds", "1,1"]) == 2 and len(calls) == 1
