@@ -28,6 +28,7 @@ def plot_learning_curve(curves: dict[str, list[list[tuple[int, float]]]], path: 
     """Evaluation reward against environment steps: per algorithm the mean over runs and the min-max band."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    shown: list[float] = []
     for name, runs in curves.items():
         runs = [r for r in runs if r]
         if not runs:
@@ -36,9 +37,19 @@ def plot_learning_curve(curves: dict[str, list[list[tuple[int, float]]]], path: 
         ax.plot(steps, mean, label=f"{name} (mean of {len(runs)})" if len(runs) > 1 else name)
         if len(runs) > 1:
             ax.fill_between(steps, low, high, alpha=0.25)
+        shown += [float(low.min()), float(high.max())]
+    # A baseline far below every curve (greedy, offload) would squash the curves into one line:
+    # it is named in the corner instead of drawn.
+    floor = min(shown) - 2 * (max(shown) - min(shown) or 1.0) if shown else -np.inf
+    off_axis = []
     for name, value in (baselines or {}).items():
+        if value < floor:
+            off_axis.append(f"{name} {value:.2f}")
+            continue
         ax.axhline(value, linestyle="--", linewidth=0.9, color="grey")
         ax.annotate(name, (0.01, value), xycoords=("axes fraction", "data"), fontsize=7, color="dimgrey", va="bottom")
+    if off_axis:
+        ax.annotate("below the axis: " + ", ".join(off_axis), (0.01, 0.02), xycoords="axes fraction", fontsize=7, color="dimgrey")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("evaluation reward (episode)")
     ax.set_title(title)
