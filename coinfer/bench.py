@@ -75,16 +75,16 @@ def _run(args: argparse.Namespace) -> int:
 def _part_options(args: argparse.Namespace) -> dict:
     """Options handed to the parts whose runner takes them (checked before any part runs)."""
     from coinfer.core.errors import InvalidInput
-    from coinfer.rl.bench import SEEDS, parse_seeds
+    from coinfer.rl.bench import SEEDS, parse_seeds, seeds_per_algo
 
     if args.jobs is not None and args.jobs < 1:
         raise InvalidInput(f"--jobs must be >= 1, got {args.jobs}")
     try:
-        seeds = parse_seeds(args.seeds) if args.seeds is not None else SEEDS
-        sb3 = parse_seeds(args.sb3_seeds) if args.sb3_seeds is not None else seeds
+        seeds = seeds_per_algo(parse_seeds(args.seeds) if args.seeds is not None else SEEDS,
+                               parse_seeds(args.sb3_seeds) if args.sb3_seeds is not None else None)
     except argparse.ArgumentTypeError as exc:
         raise InvalidInput(f"--seeds/--sb3-seeds: {exc}") from None
-    return {"jobs": args.jobs, "seeds": {"mahppo": seeds, "sb3-ppo": sb3}}
+    return {"jobs": args.jobs, "seeds": seeds}
 
 
 def with_earlier_parts(results: dict[str, dict], out: Path) -> dict[str, dict]:

@@ -196,8 +196,7 @@ def _train_on_device(model, splits: DatasetSplits, config: TrainConfig, loss_fn:
             result.best_val_accuracy, result.best_epoch = val_acc, epoch
             best_state = cpu_state_dict(model)
     bar.close()
-    model.cpu()
-    model.load_state_dict(best_state)
+    model.load_state_dict(best_state)  # CPU copies; train_classifier moves the model back to the CPU
     model.eval()
     return result
 

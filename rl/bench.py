@@ -43,6 +43,15 @@ SEEDS = (0, 1, 2)
 ALGOS = ("mahppo", "sb3-ppo")
 
 
+def seeds_per_algo(mahppo: tuple[int, ...] = SEEDS, sb3: tuple[int, ...] | None = None) -> dict[str, tuple[int, ...]]:
+    """Training seeds of each algorithm; sb3-ppo's default to MAHPPO's."""
+    return {"mahppo": mahppo, "sb3-ppo": mahppo if sb3 is None else sb3}
+
+
+def _default_jobs(jobs: int | None) -> int:
+    return jobs if jobs is not None else (os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class Budget:
     """How much each part of the bench trains."""
@@ -179,7 +188,7 @@ def planned_runs(budget: Budget, out_dir: Path, seeds: dict[str, tuple[int, ...]
     ``seeds`` maps each algorithm to its training seeds (default: SEEDS for both); the scheduler
     runs come seed by seed, so a run stopped early has whole seeds rather than whole scenarios.
     """
-    seeds = seeds or {algo: SEEDS for algo in ALGOS}
+    seeds = seeds or seeds_per_algo()
     plan = [PlannedRun("baselines", name, 0, 0, 0, out_dir / "runs" / name, search_options=budget.search_options) for name in SCHEDULER_SCENARIOS]
     plan += [PlannedRun(algo, name, s, budget.train_steps, budget.eval_every_steps, _run_dir(out_dir, name, algo, s))
              for s in sorted({s for algo in ALGOS for s in seeds[algo]}) for algo in ALGOS if s in seeds[algo] for name in SCHEDULER_SCENARIOS]
@@ -322,7 +331,7 @@ def bench_schedulers(budget: Budget, out_dir: Path, targets: Targets, seeds: dic
     from coinfer.rl.plots import plot_learning_curve
     from coinfer.rl.scenario import load_scenario
 
-    seeds = seeds or {algo: SEEDS for algo in ALGOS}
+    seeds = seeds or seeds_per_algo()
     report = {}
     for name in SCHEDULER_SCENARIOS:
         scenario = load_scenario(name)
@@ -442,7 +451,7 @@ def train_only(out_dir: Path, quick: bool, jobs: int | None, only: str, seeds: d
         plan = [run for run in plan if run.scenario in SCHEDULER_SCENARIOS and not run.overrides]
     elif only == "sweeps":
         plan = [run for run in plan if run.overrides]
-    execute_planned(plan, jobs if jobs is not None else (os.cpu_count() or 1))
+    execute_planned(plan, _default_jobs(jobs))
 
 
 def run_benchmarks(out_dir: Path, quick: bool, jobs: int | None = None, seeds: dict[str, tuple[int, ...]] | None = None) -> dict:
@@ -458,8 +467,8 @@ def run_benchmarks(out_dir: Path, quick: bool, jobs: int | None = None, seeds: d
     budget = QUICK if quick else FULL
     start = time.perf_counter()
     targets = Targets()
-    jobs = jobs if jobs is not None else (os.cpu_count() or 1)
-    seeds = seeds or {algo: SEEDS for algo in ALGOS}
+    jobs = _default_jobs(jobs)
+    seeds = seeds or seeds_per_algo()
     report: dict = {"quick": quick, "budget": asdict(budget), "jobs": jobs, "seeds": seeds, "targets": targets.rows}
 
     def save() -> None:
@@ -513,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    seeds = {"mahppo": args.seeds, "sb3-ppo": args.sb3_seeds if args.sb3_seeds is not None else args.seeds}
+    seeds = seeds_per_algo(args.seeds, args.sb3_seeds)
     if args.train_only:
         train_only(Path(args.out), args.quick, args.jobs, args.train_only, seeds)
     else:
