@@ -3,10 +3,12 @@
 Sections, each written to ``out_dir`` as JSON (``bench.json``) and PNG plots:
 
 1. conformance - the paper simulator's reference figures (ANCHORS.md) from fixed policies;
-2. simulator speed - one environment alone against the batched form (target >= 10x per step);
+2. simulator speed - one environment alone against the batched form (target >= 10x per step),
+   and one MAHPPO training run of 500k steps on ``dense`` (the heaviest scenario: 10 devices)
+   alone on 2 cores, timed (target: <= 15 min);
 3. schedulers - MAHPPO against every baseline (local, offload, random, greedy, search, sb3-ppo)
    on ``mahppo-paper-resnet18``, ``edge-server`` and ``dense``, mean and spread over 3 seeds, with
-   learning curves and MAHPPO's training time (target: 500k steps in <= 15 min on 2 cores);
+   learning curves and each run's CPU time (the runs train in parallel, one thread each);
 4. sweeps - latency and energy per task against ``local`` over 1..10 devices and over beta, with
    the paper's claims (56 % latency, 72 % energy) marked.
 
@@ -64,6 +66,8 @@ class Budget:
     """Learning-curve resolution."""
     speed_steps: int
     """Environment steps timed in the simulator-speed section."""
+    timing_steps: int
+    """Steps of the MAHPPO run timed alone on 2 cores (the training-time target)."""
     sweep_devices: tuple[int, ...]
     """Device counts of the device sweep."""
     sweep_betas: tuple[float, ...]
@@ -72,8 +76,12 @@ class Budget:
     """Options of the ``search`` baseline (power levels, starts, rounds); empty: its defaults."""
 
 
-FULL = Budget(500_000, 150_000, 25_000, 2_000, tuple(range(1, 11)), (0.1, 0.3, 1.0, 3.0, 10.0))
-QUICK = Budget(4_096, 2_048, 2_048, 200, (1, 3, 5), (0.3, 3.0), (("power_levels", 4), ("starts", 2), ("max_rounds", 2)))
+FULL = Budget(500_000, 150_000, 25_000, 2_000, 500_000, tuple(range(1, 11)), (0.1, 0.3, 1.0, 3.0, 10.0))
+QUICK = Budget(4_096, 2_048, 2_048, 200, 4_096, (1, 3, 5), (0.3, 3.0), (("power_levels", 4), ("starts", 2), ("max_rounds", 2)))
+TIMING_SCENARIO = "dense"
+"""The scenario of the timed training run: the most devices, so the slowest to train."""
+TIMING_THREADS = 2
+"""Torch threads of the timed run: the target is stated for 2 cores."""
 
 
 class Targets:
@@ -143,6 +151,30 @@ def bench_speed(budget: Budget, targets: Targets, num_envs: int = 256) -> dict:
     targets.add(f"batched ({num_envs} environments), env steps/s", f"{batched:.0f}", "-", "-")
     targets.add("batched / alone, per env step", f"{ratio:.1f}x", ">= 10x", "-", ratio >= 10)
     return {"single_steps_per_s": single, "batched_steps_per_s": batched, "num_envs": num_envs, "speedup": ratio, "pass": ratio >= 10}
+
+
+def bench_training_time(budget: Budget, out_dir: Path, targets: Targets) -> dict:
+    """One MAHPPO run on ``TIMING_SCENARIO`` timed alone with 2 torch threads (cached in OUT/timing).
+
+    The scheduler runs train in parallel, one thread each, so their wall times measure a shared
+    machine; this run is the training-time target's figure. Run it with nothing else on the machine.
+    """
+    import torch
+
+    out = out_dir / "timing" / TIMING_SCENARIO
+    threads = min(TIMING_THREADS, os.cpu_count() or 1)
+    print(f"[training time] MAHPPO, {budget.timing_steps} steps on {TIMING_SCENARIO}, alone, {threads} torch thread(s)")
+    previous = torch.get_num_threads()
+    try:
+        run = _train_cached("mahppo", TIMING_SCENARIO, 0, budget.timing_steps, budget.eval_every_steps, out, torch_threads=threads)
+    finally:
+        torch.set_num_threads(previous)
+    minutes = run["wall_s"] * 500_000 / run["steps"] / 60
+    cpus = os.cpu_count()
+    targets.add(f"{TIMING_SCENARIO}: MAHPPO 500k steps alone, {threads} threads (incl. evaluations)", f"{minutes:.1f} min",
+                "<= 15 min (2 cores)", f"~{500_000 / PAPER_STEPS_PER_S / 60:.0f} min (paper code, 1 core)", minutes <= 15)
+    return {"scenario": TIMING_SCENARIO, "steps": run["steps"], "wall_s": run["wall_s"], "cpu_s": run.get("cpu_s"),
+            "torch_threads": threads, "cpu_count": cpus, "minutes_per_500k_steps": minutes, "pass": minutes <= 15}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,12 +388,10 @@ def bench_schedulers(budget: Budget, out_dir: Path, targets: Targets, seeds: dic
         targets.add(f"{name}: MAHPPO best evaluation along the curve (not the final policy)", f"{best['mean']:.3f} [{best['min']:.3f}, {best['max']:.3f}]",
                     "-", "-")
         walls = [r["wall_s"] * 500_000 / r["steps"] for r in runs["mahppo"]]
-        targets.add(f"{name}: MAHPPO wall time for 500k steps (incl. evaluations)", f"{np.mean(walls) / 60:.1f} min", "<= 15 min (2 cores)",
-                    f"~{500_000 / PAPER_STEPS_PER_S / 60:.0f} min (paper code, 1 core)", float(np.mean(walls)) <= 900)
         cpus = [r.get("cpu_s", float("nan")) * 500_000 / r["steps"] for r in runs["mahppo"]]
-        targets.add(f"{name}: MAHPPO CPU time for 500k steps (1 thread: its wall time on an idle core)", f"{np.mean(cpus) / 60:.1f} min",
-                    "<= 15 min (2 cores)", f"~{500_000 / PAPER_STEPS_PER_S / 60:.0f} min (paper code, 1 core)",
-                    bool(np.mean(cpus) <= 900) if np.isfinite(np.mean(cpus)) else None)
+        # Informative: these runs share the machine (see the training-time section for the target).
+        targets.add(f"{name}: MAHPPO CPU time for 500k steps, 1 thread, runs in parallel", f"{np.mean(cpus) / 60:.1f} min",
+                    "-", f"~{500_000 / PAPER_STEPS_PER_S / 60:.0f} min (paper code, 1 core)")
         curves = {algo: [[(p["step"], p["eval_reward"]) for p in r["curve"]] for r in rs] for algo, rs in runs.items()}
         plot = out_dir / f"learning_curves_{name}.png"
         plot_learning_curve(curves, plot, title=f"{name}: evaluation reward (shared 2-core machine)",
@@ -477,6 +507,7 @@ def run_benchmarks(out_dir: Path, quick: bool, jobs: int | None = None, seeds: d
     sections = (
         ("conformance", lambda: bench_conformance(targets)),
         ("speed", lambda: bench_speed(budget, targets)),
+        ("training_time", lambda: bench_training_time(budget, out_dir, targets)),
         ("plan", lambda: execute_planned(planned_runs(budget, out_dir, seeds), jobs)),
         ("schedulers", lambda: bench_schedulers(budget, out_dir, targets, seeds)),
         ("sweeps", lambda: bench_sweeps(budget, out_dir, targets)),

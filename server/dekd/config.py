@@ -106,7 +106,7 @@ def preset(
     if name == "quick":
         d, e, batch, samples, rounds, repeats = 16, 6, 64, 512, 3, 10
     elif name == "default":
-        d, e, batch, samples, rounds, repeats = 6, 2, 128, 1024, 5, 20
+        d, e, batch, samples, rounds, repeats = 6, 2, 128, 1024, 15, 30
     else:
         raise InvalidInput(f"unknown preset {name!r}; valid: quick, default")
     b = max(1, round(d / max(1, num_devices) + e))

@@ -86,9 +86,9 @@ def test_bench_parses_teacher_device_and_epochs_into_run_benchmark(tmp_path, mon
     calls = []
     monkeypatch.setattr(bench, "run_benchmark", lambda out, **kwargs: calls.append((out, kwargs)))
     assert bench.main(["--out", str(tmp_path / "b"), "--quick", "--no-progress"]) == 0
-    assert calls[-1][1]["teacher_device"] == "cpu" and calls[-1][1]["teacher_epochs"] is None
-    assert bench.main(["--out", str(tmp_path / "b"), "--quick", "--teacher-device", "auto", "--teacher-epochs", "3"]) == 0
-    assert calls[-1][1]["teacher_device"] == "auto" and calls[-1][1]["teacher_epochs"] == 3 and calls[-1][1]["quick"]
+    assert calls[-1][1]["teacher_device"] == "auto" and calls[-1][1]["teacher_epochs"] is None
+    assert bench.main(["--out", str(tmp_path / "b"), "--quick", "--teacher-device", "cpu", "--teacher-epochs", "3"]) == 0
+    assert calls[-1][1]["teacher_device"] == "cpu" and calls[-1][1]["teacher_epochs"] == 3 and calls[-1][1]["quick"]
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,26 @@ def test_bench_speed_section_reports_the_ratio():
     assert out["speedup"] == out["batched_steps_per_s"] / out["single_steps_per_s"]
 
 
+def test_training_time_section_times_one_run_alone_with_two_threads_and_reuses_it(tmp_path, monkeypatch):
+    import torch
+
+    calls = []
+    real = bench._train_cached
+    monkeypatch.setattr(bench, "_train_cached", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    budget = replace(bench.QUICK, timing_steps=256, eval_every_steps=256)
+    threads_before = torch.get_num_threads()
+    targets = bench.Targets()
+    out = bench.bench_training_time(budget, tmp_path, targets)
+    assert calls == [{"torch_threads": min(2, __import__("os").cpu_count())}]
+    assert torch.get_num_threads() == threads_before  # the bench's other sections keep their threads
+    assert out["scenario"] == "dense" and out["steps"] >= 256 and out["wall_s"] > 0
+    assert out["minutes_per_500k_steps"] == out["wall_s"] * 500_000 / out["steps"] / 60
+    assert targets.rows[-1]["met"] == (out["minutes_per_500k_steps"] <= 15)
+    assert (tmp_path / "timing" / "dense" / "result.json").exists()
+    again = bench.bench_training_time(budget, tmp_path, bench.Targets())  # cached: same figures, no training
+    assert again["wall_s"] == out["wall_s"]
+
+
 def test_planned_runs_cover_every_training_once_seed_by_seed(tmp_path):
     plan = bench.planned_runs(bench.FULL, tmp_path, {"mahppo": (0, 1), "sb3-ppo": (0,)})
     kinds = [(r.algo, r.scenario, r.seed, r.overrides) for r in plan]

@@ -83,3 +83,25 @@ def _free_port() -> int:
 def free_port():
     """f() -> a TCP port nobody listens on right now (metrics endpoints take a fixed port)."""
     return _free_port
+
+
+@pytest.fixture(scope="session")
+def split_catalog(split_bundle: Bundle):
+    from coinfer.server.catalog import ModelCatalog
+
+    return ModelCatalog([split_bundle])
+
+
+@pytest.fixture
+def make_coordinator():
+    """make_coordinator(catalog, n, address=f(i), distance_m=f(i)) -> a Coordinator with n registered devices."""
+    from coinfer.protos.v1 import DeviceInfo
+    from coinfer.server.coordinator import Coordinator, CoordinatorConfig
+
+    def make(catalog, n: int, address=lambda i: f"127.0.0.1:{1000 + i}", distance_m=lambda i: 10.0 * (i + 1)):
+        coordinator = Coordinator(catalog, CoordinatorConfig(heartbeat_interval_s=1.0))
+        for i in range(n):
+            coordinator.register(DeviceInfo(f"dev-{i}", address(i), distance_m=distance_m(i)))
+        return coordinator
+
+    return make

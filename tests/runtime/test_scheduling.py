@@ -92,20 +92,8 @@ def test_observation_matches_the_simulator_layout() -> None:
         builder.build([busy] * (scenario.num_devices + 1))
 
 
-@pytest.fixture(scope="module")
-def split_catalog(split_bundle):
-    return ModelCatalog([split_bundle])
-
-
-def _coordinator(catalog, n: int) -> Coordinator:
-    coordinator = Coordinator(catalog, CoordinatorConfig(heartbeat_interval_s=1.0))
-    for i in range(n):
-        coordinator.register(DeviceInfo(f"dev-{i}", f"127.0.0.1:{1000 + i}", distance_m=10.0 * (i + 1)))
-    return coordinator
-
-
-def test_a_baseline_decides_every_device_and_the_assignment_follows(split_catalog, tmp_path) -> None:
-    coordinator = _coordinator(split_catalog, 3)
+def test_a_baseline_decides_every_device_and_the_assignment_follows(split_catalog, make_coordinator, tmp_path) -> None:
+    coordinator = make_coordinator(split_catalog, 3)
     log_path = tmp_path / "decisions.jsonl"
     scheduler = Scheduler(coordinator, SchedulerConfig(policy="local", scenario="mahppo-paper-resnet18", slot_s=0.1, decision_log=log_path))
     assert coordinator.config.heartbeat_interval_s == pytest.approx(0.1), "heartbeats must follow the slot"
@@ -125,7 +113,7 @@ def test_a_baseline_decides_every_device_and_the_assignment_follows(split_catalo
     coordinator.stop()
 
 
-def test_a_mahppo_policy_file_schedules_live_devices(split_catalog, tmp_path) -> None:
+def test_a_mahppo_policy_file_schedules_live_devices(split_catalog, make_coordinator, tmp_path) -> None:
     import torch
 
     from coinfer.rl.mahppo_policy import MahppoPolicy
@@ -137,7 +125,7 @@ def test_a_mahppo_policy_file_schedules_live_devices(split_catalog, tmp_path) ->
     torch.manual_seed(0)
     actor = HybridActor(scenario.num_devices, len(feature_names(scenario)), scenario.num_points, scenario.num_subchannels, hidden=(16,))
     path = MahppoPolicy(actor, scenario).save(tmp_path / "policy")
-    coordinator = _coordinator(split_catalog, 2)
+    coordinator = make_coordinator(split_catalog, 2)
     scheduler = Scheduler(coordinator, SchedulerConfig(policy=str(path), slot_s=0.2))
     assert scheduler.scenario.name == "mahppo-paper-resnet18"  # taken from the policy file
     # What the scheduler applies is what the policy says for the same observation.

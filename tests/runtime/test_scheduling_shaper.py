@@ -7,9 +7,7 @@ from typing import Sequence
 
 import pytest
 
-from coinfer.protos.v1 import DeviceInfo, LoadReport
-from coinfer.server.catalog import ModelCatalog
-from coinfer.server.coordinator import Coordinator, CoordinatorConfig
+from coinfer.protos.v1 import LoadReport
 from coinfer.server.link_shaper import LinkDecision
 from coinfer.server.scheduler import Scheduler, SchedulerConfig
 
@@ -29,20 +27,13 @@ class BrokenShaper:
         raise OSError("tc: no such device")
 
 
-@pytest.fixture(scope="module")
-def split_catalog(split_bundle):
-    return ModelCatalog([split_bundle])
+def _coordinator(make_coordinator, catalog, n: int):
+    # Addresses as on the testbed's emulated links (one /24 per device).
+    return make_coordinator(catalog, n, address=lambda i: f"10.77.{i + 1}.2:8101")
 
 
-def _coordinator(catalog, n: int) -> Coordinator:
-    coordinator = Coordinator(catalog, CoordinatorConfig(heartbeat_interval_s=1.0))
-    for i in range(n):
-        coordinator.register(DeviceInfo(f"dev-{i}", f"10.77.{i + 1}.2:8101"))
-    return coordinator
-
-
-def test_every_slot_s_decisions_reach_the_shaper(split_catalog) -> None:
-    coordinator = _coordinator(split_catalog, 3)
+def test_every_slot_s_decisions_reach_the_shaper(split_catalog, make_coordinator) -> None:
+    coordinator = _coordinator(make_coordinator, split_catalog, 3)
     shaper = RecordingShaper()
     scheduler = Scheduler(coordinator, SchedulerConfig(policy="random", scenario="mahppo-paper-resnet18", slot_s=0.1,
                                                        seed=3), shaper)
@@ -63,8 +54,8 @@ def test_every_slot_s_decisions_reach_the_shaper(split_catalog) -> None:
     coordinator.stop()
 
 
-def test_a_failing_shaper_is_logged_and_scheduling_goes_on(split_catalog, caplog) -> None:
-    coordinator = _coordinator(split_catalog, 2)
+def test_a_failing_shaper_is_logged_and_scheduling_goes_on(split_catalog, make_coordinator, caplog) -> None:
+    coordinator = _coordinator(make_coordinator, split_catalog, 2)
     scheduler = Scheduler(coordinator, SchedulerConfig(policy="offload", scenario="mahppo-paper-resnet18", slot_s=0.1),
                           BrokenShaper())
     with caplog.at_level(logging.ERROR, logger="coinfer.server.scheduler"):
