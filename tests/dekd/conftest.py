@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from coinfer.core.data import load_dataset
-from coinfer.core.models.vit import VisionTransformer, ViTConfig
-
-
-def tiny_vit_config(num_classes: int = 10, **overrides) -> ViTConfig:
-    """A 2-block ViT on 8x8 digits: 4 patches of 4x4 (5 tokens), width 32, 2 heads."""
-    values = dict(image_size=8, in_chans=1, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=num_classes)
-    values.update(overrides)
-    return ViTConfig(**values)
+from coinfer.core.models.vit import VisionTransformer
+from dekd_configs import tiny_vit_config
 
 
 @pytest.fixture(autouse=True)

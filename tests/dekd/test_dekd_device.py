@@ -14,7 +14,7 @@ from coinfer.server.dekd import bench
 from coinfer.server.dekd.bench import QUICK, _teacher, teacher_cache_key
 from coinfer.server.dekd.teacher import load_teacher, save_teacher
 
-from conftest import tiny_vit_config
+from dekd_configs import tiny_vit_config
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of cuda on a machine without a GPU")
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

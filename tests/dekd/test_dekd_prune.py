@@ -13,7 +13,7 @@ from coinfer.server.dekd.prune import (
     unit_importance,
 )
 
-from conftest import tiny_vit_config
+from dekd_configs import tiny_vit_config
 
 
 @pytest.fixture(scope="module")

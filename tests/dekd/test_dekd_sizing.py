@@ -5,7 +5,7 @@ from coinfer.core.errors import InvalidInput
 from coinfer.server.dekd.prune import UnitImportance, architecture_cost, plan_cost, plan_pruning
 from coinfer.server.dekd.sizing import size_submodels
 
-from conftest import tiny_vit_config
+from dekd_configs import tiny_vit_config
 
 
 def _importance(cfg, seed):

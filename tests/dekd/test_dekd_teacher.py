@@ -15,7 +15,7 @@ from coinfer.server.dekd.teacher import (
     teacher_config,
 )
 
-from conftest import tiny_vit_config
+from dekd_configs import tiny_vit_config
 
 
 @pytest.fixture
