@@ -65,8 +65,8 @@ class BenchSettings:
 # so distilling from it helped neither side and the ensemble only tied the single student; at 24
 # epochs (88.8%) the ensemble leads the student by about 2 points and passes the teacher; with a
 # 48-epoch teacher (90.9%) it leads by 3 points and trails the teacher by 0.9, close to the 1-point
-# target. The teacher trains on the GPU when there is one (about 2.5 minutes on an H100; about 55
-# minutes on 2 CPU cores) and is then reused.
+# target. The teacher trains on the GPU when there is one (about 2.5 minutes on an H100; an
+# estimated 55 minutes on 2 CPU cores, from the 8-epoch teacher's 18) and is then reused.
 FULL = BenchSettings("fashion-mnist", "vit-tiny", 24, 1.5e-3, 128, "default", 4, 2, 1)
 QUICK = BenchSettings("digits", "vit-nano", 30, 3e-3, 32, "quick", 4, 4, 2)
 
