@@ -123,7 +123,7 @@ def _backbone(config: BenchConfig, name: str, splits, folder: Path):
         load_weights(model, weights)
         return model.eval(), True
     train = dataclasses.replace(splits, train=split_subset(splits.train, config.train_images, config.seed))
-    train_classifier(model, train, dataclasses.replace(config.backbone_train, seed=config.seed, device=config.device,
+    train_classifier(model, train, dataclasses.replace(config.backbone_train, seed=config.seed,
                                                        progress=config.progress, desc=f"{name} backbone"))
     folder.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(weights))
@@ -179,8 +179,7 @@ def bench_backbone(config: BenchConfig, name: str, splits, folder: Path) -> dict
     rows_reused = 0
     fp32: dict[int, int] = {}
     last = model.num_points - 1
-    train_cfg = dataclasses.replace(config.bottleneck_train, seed=config.seed, progress=config.progress,
-                                    device=config.device)
+    train_cfg = dataclasses.replace(config.bottleneck_train, seed=config.seed, progress=config.progress)
     for point in range(1, last):
         shape = model.feature_shape(point)
         fp32[point] = sizing.fp32_bytes(shape)
@@ -199,7 +198,7 @@ def bench_backbone(config: BenchConfig, name: str, splits, folder: Path) -> dict
                     continue
                 if feats is None:
                     feats = compute_point_features(model, point, splits, config.bottleneck_train_images, config.seed,
-                                                   include_val=False, device=config.device)
+                                                   include_val=False, device=train_cfg.device)
                     tail = model.segment(point, last)
                 t0 = time.perf_counter()
                 ae, _ = train_bottleneck(bcfg, feats, tail, train_cfg, desc=f"{name} p{point} {design} /{reduction:g}")
@@ -287,7 +286,7 @@ def run_benchmark(out_dir: str | Path, quick: bool = False, config: BenchConfig 
     from multiprocessing import get_context
 
     config = config or (quick_bench_config() if quick else BenchConfig())
-    # One device for everything, also in the settings written out.
+    # One device for everything, also in the settings written out: the train configs carry it from here on.
     config = dataclasses.replace(
         config, backbone_train=dataclasses.replace(config.backbone_train, device=config.device),
         bottleneck_train=dataclasses.replace(config.bottleneck_train, device=config.device))
@@ -365,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=DEVICE_CHOICES, default=None,
                         help="where backbones and bottlenecks train (default auto: a GPU if torch sees one; evaluation stays on the CPU)")
     parser.add_argument("--reductions", type=_reductions, default=None,
-                        help="comma list of bottleneck element reductions (default 5,20; --quick 4,16)")
+                        help="comma list of bottleneck element reductions (default 5,10,20; --quick 4,16)")
     parser.add_argument("--recon-steps", type=_steps, default=None, help="bottleneck reconstruction-only steps")
     parser.add_argument("--distill-steps", type=_steps, default=None, help="bottleneck steps with distillation")
     parser.add_argument("--workers", type=int, default=None,
