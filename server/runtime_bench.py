@@ -9,7 +9,8 @@ DeViT bundle and a multi-point split bundle, and four `coinfer edge` daemons. Ph
    one request each — split requests to the edges in turn (compared with the bundle run
    in-process at the split point each answer reports), DeViT requests to the coordinator
    (compared with the in-process ensemble);
-2. overhead (coordinator restarted without a scheduler, split point 2): sequential requests;
+2. overhead (coordinator restarted without a scheduler, split point 2; once every edge has
+   registered again and holds one sub-model): sequential requests;
    overhead = end-to-end latency at the client - the critical-path compute the daemons report
    (``compute_ms``: slowest sub-model + fusion; head + encode + tail);
 3. load: 16 concurrent clients (half DeViT at the coordinator, half split at the edges) for 60 s
@@ -156,10 +157,21 @@ def parity_phase(fleet, devit_path: Path, split_path: Path, images: np.ndarray, 
     }
 
 
-def _overhead(client, model: str, images: np.ndarray, count: int) -> dict[str, Any]:
+def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) each process has used so far."""
+    import psutil
+
+    return {name: sum(psutil.Process(pid).cpu_times()[:2]) for name, pid in pids.items()}
+
+
+def _overhead(client, model: str, images: np.ndarray, count: int, pids: dict[str, int] | None = None) -> dict[str, Any]:
     e2e, compute, hops, client_hop, in_daemons, serial = [], [], [], [], [], []
     degraded = 0
+    cpu_before: dict[str, float] = {}
+    placements: dict[str, int] = {}  # which devices answered (sub-model order): requests each
     for i in range(count + 10):
+        if i == 10 and pids:
+            cpu_before = _cpu_s(pids)
         image = images[i % len(images)][None]
         started = time.perf_counter()
         reply = client.infer(model, {"image": image})
@@ -178,7 +190,12 @@ def _overhead(client, model: str, images: np.ndarray, count: int) -> dict[str, A
             # As if the sub-models had run one after another (what 4 edges on 2 busy cores come close to).
             serial.append(elapsed_ms - float(p["submodel_compute_total_ms"]) - float(p["fusion_ms"]))
         degraded += bool(p.get("degraded"))
+        if "devices" in p:
+            placements[str(p["devices"])] = placements.get(str(p["devices"]), 0) + 1
     overhead = _percentiles(hops)
+    # What every daemon spent per request, compute included: on a machine with fewer cores than
+    # daemons, this total over the cores bounds how fast a request can go.
+    cpu_ms = {name: (used - cpu_before[name]) / count * 1e3 for name, used in _cpu_s(pids).items()} if cpu_before and pids else {}
     return {
         "requests": count,
         "overhead_ms": overhead,
@@ -187,6 +204,8 @@ def _overhead(client, model: str, images: np.ndarray, count: int) -> dict[str, A
         "client_hop_ms": _percentiles(client_hop),
         "inside_daemons_besides_compute_ms": _percentiles(in_daemons),
         **({"overhead_if_compute_serialised_ms": _percentiles(serial)} if serial else {}),
+        **({"cpu_ms_per_request": {**cpu_ms, "all_daemons": sum(cpu_ms.values())}} if cpu_ms else {}),
+        **({"devices_answering": placements} if placements else {}),
         "degraded": degraded,
         "target_ms": OVERHEAD_TARGET_MS,
         "met": overhead["p50"] <= OVERHEAD_TARGET_MS,
@@ -203,14 +222,36 @@ def _noop_rtt_ms(client, count: int = 100) -> dict[str, float]:
     return _percentiles(times)
 
 
+def wait_until_spread(fleet, image: np.ndarray, timeout_s: float = 60.0) -> float:
+    """Seconds until every DeViT sub-model answers from a device of its own.
+
+    After a coordinator restart the edges register again one by one (each backs off between
+    attempts), and until the last has, another device serves its sub-model as well: measuring
+    then would time one device running two sub-models.
+    """
+    from coinfer.core.errors import Unavailable
+    from coinfer.server.client import InferenceClient
+
+    started = time.perf_counter()
+    with InferenceClient(fleet.address, timeout_s=30) as client:
+        while True:
+            devices = str(client.infer(DEVIT, {"image": image}).parameters["devices"]).split(",")
+            if len(devices) == len(set(devices)) == fleet.num_edges:
+                return time.perf_counter() - started
+            if time.perf_counter() - started > timeout_s:
+                raise Unavailable(f"after {timeout_s:.0f} s the DeViT sub-models still answer from {devices}, not {fleet.num_edges} distinct edges")
+            time.sleep(0.2)
+
+
 def overhead_phase(fleet, images: np.ndarray, count: int) -> dict[str, Any]:
     from coinfer.server.client import InferenceClient
 
+    pids = {d.name: d.process.pid for d in (fleet.coordinator, *fleet.edges) if d is not None and d.process is not None}
     with InferenceClient(fleet.address, timeout_s=30) as client:
-        devit = _overhead(client, DEVIT, images, count)
+        devit = _overhead(client, DEVIT, images, count, pids)
         devit["noop_grpc_rtt_ms"] = _noop_rtt_ms(client)
     with InferenceClient(fleet.edges[0].address, timeout_s=30) as client:
-        split = _overhead(client, SPLIT, images, count)
+        split = _overhead(client, SPLIT, images, count, pids)
         split["noop_grpc_rtt_ms"] = _noop_rtt_ms(client)
     return {"devit": devit, "split": split}
 
@@ -359,6 +400,7 @@ def run_benchmark(out_dir: str | Path, quick: bool = False) -> dict[str, Any]:
         print("[3/5] overhead: coordinator restarted without a scheduler (split point 2)", flush=True)
         fleet.start_coordinator([devit_path, split_path], ["--split-point", "2", "--heartbeat-s", "0.5", "--device-timeout-s", "2"])
         fleet.wait_ready([DEVIT], SPLIT, test.x[:1])
+        report["spread_after_restart_s"] = wait_until_spread(fleet, test.x[:1])
         report["overhead"] = overhead_phase(fleet, test.x, config.overhead_requests)
         print(f"[4/5] load: {LOAD_CLIENTS} clients for {config.load_s:.0f} s", flush=True)
         report["load"] = load_phase(fleet, test.x, config.load_s, quick)
@@ -417,6 +459,8 @@ def print_summary(r: dict[str, Any]) -> None:
                 f"client hop {o[key]['client_hop_ms']['p50']:.2f}, inside daemons {o[key]['inside_daemons_besides_compute_ms']['p50']:.2f}; "
                 f"bare gRPC round trip {o[key]['noop_grpc_rtt_ms']['p50']:.2f}"
                 + (f"; with sub-model compute summed {o[key]['overhead_if_compute_serialised_ms']['p50']:.2f}" if "overhead_if_compute_serialised_ms" in o[key] else "")
+                + (f"; daemons' CPU per request {o[key]['cpu_ms_per_request']['all_daemons']:.2f} ms, coordinator {o[key]['cpu_ms_per_request']['coordinator']:.2f}"
+                   if "cpu_ms_per_request" in o[key] else "")
                 + ")",
                 "<= 2 ms",
                 o[key]["met"],

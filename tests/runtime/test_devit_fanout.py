@@ -1,0 +1,115 @@
+"""The DeViT fan-out against fake edges (real gRPC, in process): deadlines and the call pool.
+
+A device that answers after the deadline is left out and the answer is degraded, in about the
+deadline and not the slow device's time; calls that wait for a free thread of the fan-out pool
+count that wait against their deadline instead of starting late with a fresh one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+
+from coinfer.core.codec import tensor_to_raw
+from coinfer.core.errors import Unavailable
+from coinfer.protos import coinfer_v1_pb2 as v1
+from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
+from coinfer.protos.oip_service import InferCall
+from coinfer.server.devit_service import DeViTServeConfig, DeViTServing, Holder
+
+
+class _FakeEdge(v1_grpc.EdgeServicer):
+    """Answers RunSubModel with zero features of the width its sub-model has, after ``delay_s``."""
+
+    def __init__(self, width: int, delay_s: float) -> None:
+        self.width, self.delay_s = width, delay_s
+        self.started: list[float] = []
+
+    def RunSubModel(self, request, context):  # noqa: N802 - gRPC method name
+        self.started.append(time.monotonic())
+        # Sleep in steps so a cancelled call (deadline passed) frees the server thread early.
+        end = time.monotonic() + self.delay_s
+        while time.monotonic() < end and context.is_active():
+            time.sleep(0.005)
+        batch = request.images.shape[0]
+        datatype, shape, raw = tensor_to_raw(np.zeros((batch, self.width), dtype=np.float32))
+        return v1.RunSubModelResponse(feature=v1.RawTensor(datatype=datatype, shape=shape, data=raw), compute_ms=1.0)
+
+
+class _Router:
+    def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
+        self.channels = {a: grpc.insecure_channel(a) for a in addresses}
+        self.reports: list[tuple[str, bool]] = []
+        self.lock = threading.Lock()
+
+    def holders(self, model_name: str) -> dict[int, Holder]:
+        return {i: Holder(f"id-{i}", f"edge-{i}", a) for i, a in enumerate(self.addresses)}
+
+    def stub(self, address: str):
+        return v1_grpc.EdgeStub(self.channels[address])
+
+    def report(self, holder: Holder, model_name: str, ok: bool, unreachable: bool, seconds: float) -> None:
+        with self.lock:
+            self.reports.append((holder.device_name, ok))
+
+
+@pytest.fixture()
+def fake_edges(devit_bundle, request):
+    """Four fake edges for the bundle's sub-models; the one at index ``request.param`` answers after 2 s."""
+    slow = request.param
+    widths = DeViTServing(devit_bundle).feature_dims
+    edges, servers, addresses = [], [], []
+    for i, width in enumerate(widths):
+        edge = _FakeEdge(width, 2.0 if i == slow else 0.0)
+        server = grpc.server(futures.ThreadPoolExecutor(8))
+        v1_grpc.add_EdgeServicer_to_server(edge, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        edges.append(edge)
+        servers.append(server)
+        addresses.append(f"127.0.0.1:{port}")
+    yield edges, _Router(addresses)
+    for server in servers:
+        server.stop(0)
+
+
+def _image(bundle) -> np.ndarray:
+    _, channels, height, width = bundle.part(DeViTServing(bundle).submodel_parts[0]).inputs[0].shape
+    return np.zeros((1, channels, height, width), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("fake_edges", [3], indirect=True)
+def test_a_device_past_the_deadline_is_left_out_at_the_deadline(devit_bundle, fake_edges) -> None:
+    edges, router = fake_edges
+    serving = DeViTServing(devit_bundle, DeViTServeConfig(timeout_s=0.3, margin_s=0.0), router)
+    started = time.monotonic()
+    result = serving.infer({"image": _image(devit_bundle)}, InferCall("r1", {}))
+    elapsed = time.monotonic() - started
+    assert result.parameters["degraded"] is True
+    assert result.parameters["missing"] == "3"
+    assert "DEADLINE_EXCEEDED" in result.parameters["missing_reason"]
+    assert result.parameters["devices"] == "edge-0,edge-1,edge-2"
+    assert 0.25 <= elapsed < 1.5, f"the fan-out took {elapsed:.2f} s for a 0.3 s deadline"
+    assert ("edge-3", False) in router.reports and ("edge-0", True) in router.reports
+
+
+@pytest.mark.parametrize("fake_edges", [0], indirect=True)
+def test_calls_queued_for_a_pool_thread_keep_their_deadline(devit_bundle, fake_edges) -> None:
+    """One pool thread, the slow device first: the fast calls wait for the thread until the
+    deadline has passed, so they are not made (a fresh timeout at their start would let them
+    answer late) and the request is refused with the reason."""
+    edges, router = fake_edges
+    serving = DeViTServing(devit_bundle, DeViTServeConfig(timeout_s=0.3, margin_s=0.0, fanout_threads=1), router)
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="waited for a fan-out thread") as caught:
+        serving.infer({"image": _image(devit_bundle)}, InferCall("r2", {}))
+    elapsed = time.monotonic() - started
+    assert "0 of 4 sub-model features arrived" in str(caught.value)
+    assert all(not edge.started for edge in edges[1:]), "a call was made after its deadline"
+    assert elapsed < 1.0
