@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,7 @@ def _overhead(client, model: str, images: np.ndarray, count: int, pids: dict[str
     e2e, compute, hops, client_hop, in_daemons, serial = [], [], [], [], [], []
     degraded = 0
     cpu_before: dict[str, float] = {}
-    placements: dict[str, int] = {}  # which devices answered (sub-model order): requests each
+    placements: Counter[str] = Counter()  # which devices answered (sub-model order): requests each
     for i in range(count + 10):
         if i == 10 and pids:
             cpu_before = _cpu_s(pids)
@@ -191,7 +192,7 @@ def _overhead(client, model: str, images: np.ndarray, count: int, pids: dict[str
             serial.append(elapsed_ms - float(p["submodel_compute_total_ms"]) - float(p["fusion_ms"]))
         degraded += bool(p.get("degraded"))
         if "devices" in p:
-            placements[str(p["devices"])] = placements.get(str(p["devices"]), 0) + 1
+            placements[str(p["devices"])] += 1
     overhead = _percentiles(hops)
     # What every daemon spent per request, compute included: on a machine with fewer cores than
     # daemons, this total over the cores bounds how fast a request can go.
@@ -205,7 +206,7 @@ def _overhead(client, model: str, images: np.ndarray, count: int, pids: dict[str
         "inside_daemons_besides_compute_ms": _percentiles(in_daemons),
         **({"overhead_if_compute_serialised_ms": _percentiles(serial)} if serial else {}),
         **({"cpu_ms_per_request": {**cpu_ms, "all_daemons": sum(cpu_ms.values())}} if cpu_ms else {}),
-        **({"devices_answering": placements} if placements else {}),
+        **({"devices_answering": dict(placements)} if placements else {}),
         "degraded": degraded,
         "target_ms": OVERHEAD_TARGET_MS,
         "met": overhead["p50"] <= OVERHEAD_TARGET_MS,
