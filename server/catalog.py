@@ -82,6 +82,11 @@ class ModelCatalog:
         for model in self.devit.values():
             model.router = router
 
+    def close(self) -> None:
+        """Let go of the DeViT models' fan-out threads (once no request is in flight)."""
+        for model in self.devit.values():
+            model.close()
+
     # Part store ----------------------------------------------------------------------------
 
     def iter_part(self, bundle_name: str, part_name: str, offset: int = 0, chunk_bytes: int = 0, default_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[PartChunkData]:

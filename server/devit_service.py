@@ -134,6 +134,10 @@ class DeViTServing:
         # none is running, which cost the coordinator more CPU per request than the calls themselves.
         self._fanout = ThreadPoolExecutor(self.config.fanout_threads, thread_name_prefix=f"fanout-{self.name}")
 
+    def close(self) -> None:
+        """Stop the fan-out threads; the model cannot call sub-models after this."""
+        self._fanout.shutdown(wait=False, cancel_futures=True)
+
     @property
     def num_submodels(self) -> int:
         return len(self.submodel_parts)

@@ -49,6 +49,7 @@ class CoordinatorServer:
         self.running.set_serving(False)
         self.shutdown_helpers()
         self.running.stop(grace_s)
+        self.coordinator.catalog.close()  # after the drain: in-flight DeViT requests still fan out
 
 
 def start_coordinator(
