@@ -22,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=500_000, help="environment steps (rounded up to whole rollouts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (policy, scalars CSV, learning curve, checkpoints)")
-    p.add_argument("--num-envs", type=int, default=64, help="environments stepped together")
-    p.add_argument("--rollout-steps", type=int, default=4096, help="environment steps per update, over all environments")
+    # Unset, these take the algorithm's configuration defaults, so a run repeats the bench's run of the same seed.
+    p.add_argument("--num-envs", type=int, default=None, help="environments stepped together (default: mahppo 128, sb3-ppo 64)")
+    p.add_argument("--rollout-steps", type=int, default=None, help="environment steps per update, over all environments (default 4096)")
     p.add_argument("--eval-every", type=int, default=25_000, help="evaluate every this many steps")
     p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (2 pays off only on an idle machine)")
     p.add_argument("--share-actor", action="store_true", help="mahppo: one actor for all devices (device-id input)")
@@ -55,10 +56,13 @@ def _train(args: argparse.Namespace) -> int:
         from coinfer.rl.mahppo import MahppoConfig, train_mahppo
 
         config = MahppoConfig(
-            scenario=args.scenario, total_steps=args.steps, seed=args.seed, num_envs=args.num_envs,
-            rollout_steps=args.rollout_steps, minibatch_size=min(256, args.rollout_steps),
+            scenario=args.scenario, total_steps=args.steps, seed=args.seed,
             eval_every_steps=args.eval_every, share_actor=args.share_actor, beta=args.beta, torch_threads=args.torch_threads,
         )
+        if args.num_envs is not None:
+            config.num_envs = args.num_envs
+        if args.rollout_steps is not None:
+            config.rollout_steps, config.minibatch_size = args.rollout_steps, min(config.minibatch_size, args.rollout_steps)
         result = train_mahppo(config, args.out, progress=not args.no_progress)
     else:
         from coinfer.core.errors import InvalidInput
@@ -66,11 +70,11 @@ def _train(args: argparse.Namespace) -> int:
 
         if args.share_actor or args.beta is not None:
             raise InvalidInput("--share-actor and --beta apply to --algo mahppo only")
-        config = Sb3PpoConfig(
-            scenario=args.scenario, total_steps=args.steps, seed=args.seed, num_envs=args.num_envs,
-            n_steps=max(args.rollout_steps // args.num_envs, 1), batch_size=min(256, args.rollout_steps), eval_every_steps=args.eval_every,
-            torch_threads=args.torch_threads,
-        )
+        config = Sb3PpoConfig(scenario=args.scenario, total_steps=args.steps, seed=args.seed, eval_every_steps=args.eval_every, torch_threads=args.torch_threads)
+        if args.num_envs is not None or args.rollout_steps is not None:
+            rollout_steps = args.rollout_steps if args.rollout_steps is not None else config.num_envs * config.n_steps
+            config.num_envs = args.num_envs if args.num_envs is not None else config.num_envs
+            config.n_steps, config.batch_size = max(rollout_steps // config.num_envs, 1), min(config.batch_size, rollout_steps)
         result = train_sb3_ppo(config, args.out, progress=not args.no_progress)
     print(
         f"trained {args.algo} for {result.steps} steps in {result.wall_s:.1f} s ({result.steps_per_s:.0f} steps/s); "

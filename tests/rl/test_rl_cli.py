@@ -47,3 +47,42 @@ def test_bad_scenario_is_reported_without_traceback(tmp_path, capsys):
 def test_scenarios_lists_builtins(capsys):
     assert main(["rl", "scenarios"]) == 0
     assert "mahppo-paper-resnet18" in capsys.readouterr().out
+
+
+def _captured_train_config(monkeypatch, module: str, function: str, argv: list[str]):
+    """Run ``coinfer rl train`` with the trainer replaced by one that records its configuration."""
+    import importlib
+    from types import SimpleNamespace
+
+    seen = []
+
+    def fake_train(config, out, progress=False):
+        seen.append(config)
+        return SimpleNamespace(steps=config.total_steps, wall_s=1.0, steps_per_s=1.0, final_eval_reward=-1.0, policy_path=out)
+
+    monkeypatch.setattr(importlib.import_module(module), function, fake_train)
+    assert main(["rl", "train", *argv, "--no-progress"]) == 0
+    return seen[0]
+
+
+def test_train_without_sizes_repeats_the_bench_configuration(monkeypatch, tmp_path):
+    # The bench builds its configurations from the defaults (rl/bench.py), so the command must too:
+    # `coinfer rl train --seed K` is how a user repeats one of the bench's runs.
+    from dataclasses import asdict
+
+    from coinfer.rl.mahppo import MahppoConfig
+    from coinfer.rl.sb3_ppo import Sb3PpoConfig
+
+    args = ["--scenario", "edge-server", "--steps", "500000", "--seed", "2", "--out", str(tmp_path)]
+    mahppo = _captured_train_config(monkeypatch, "coinfer.rl.mahppo", "train_mahppo", args)
+    assert asdict(mahppo) == asdict(MahppoConfig(scenario="edge-server", total_steps=500_000, seed=2))
+    sb3 = _captured_train_config(monkeypatch, "coinfer.rl.sb3_ppo", "train_sb3_ppo", [*args, "--algo", "sb3-ppo"])
+    assert asdict(sb3) == asdict(Sb3PpoConfig(scenario="edge-server", total_steps=500_000, seed=2))
+
+
+def test_train_sizes_given_on_the_command_line_apply(monkeypatch, tmp_path):
+    args = ["--scenario", "edge-server", "--num-envs", "8", "--rollout-steps", "128", "--out", str(tmp_path)]
+    mahppo = _captured_train_config(monkeypatch, "coinfer.rl.mahppo", "train_mahppo", args)
+    assert (mahppo.num_envs, mahppo.rollout_steps, mahppo.minibatch_size) == (8, 128, 128)
+    sb3 = _captured_train_config(monkeypatch, "coinfer.rl.sb3_ppo", "train_sb3_ppo", [*args, "--algo", "sb3-ppo"])
+    assert (sb3.num_envs, sb3.n_steps, sb3.batch_size) == (8, 16, 128)
