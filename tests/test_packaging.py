@@ -9,20 +9,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_subpackage_is_listed_for_a_non_editable_install():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    # Folders of data only (scenarios, profiles) are listed too, so setuptools installs their files as packages.
+    data = set(config["package-data"])
     found = set()
     for name, folder in config["package-dir"].items():
         assert name == "coinfer" or name.startswith("coinfer."), f"{name} would install outside the coinfer namespace"
         for root, _dirs, files in os.walk(ROOT / folder):
-            if "__init__.py" in files and "__pycache__" not in root:
-                rel = os.path.relpath(root, ROOT / folder)
-                found.add(name if rel == "." else f"{name}.{rel.replace(os.sep, '.')}")
-    # Folders of data only (scenarios, profiles) are listed too, so setuptools installs their files as packages.
-    data = set(config["package-data"])
-    for name in data:
-        parent = max((n for n in config["package-dir"] if name == n or name.startswith(n + ".")), key=len)
-        folder = ROOT / config["package-dir"][parent] / name[len(parent) + 1 :].replace(".", os.sep)
-        assert folder.is_dir(), f"package-data names {name}, but {folder} is not a folder"
-    assert found | data == set(config["packages"])
+            rel = os.path.relpath(root, ROOT / folder)
+            dotted = name if rel == "." else f"{name}.{rel.replace(os.sep, '.')}"
+            if "__pycache__" not in root and ("__init__.py" in files or dotted in data):
+                found.add(dotted)
+    assert data <= found, f"package-data names folders that do not exist: {sorted(data - found)}"
+    assert found == set(config["packages"])
 
 
 def test_every_subcommand_has_help():
