@@ -24,7 +24,7 @@ import torch
 from coinfer.core.errors import InvalidInput
 from coinfer.rl.actions import JointAction, powers_from_unit
 from coinfer.rl.envs.batched import BatchedEnv
-from coinfer.rl.networks import Critic, HybridActor, hybrid_entropy, hybrid_log_prob, hybrid_sample
+from coinfer.rl.networks import ACTIVATIONS, Critic, HybridActor, hybrid_entropy, hybrid_log_prob, hybrid_sample
 from coinfer.rl.scenario import Scenario, load_scenario
 
 
@@ -82,6 +82,8 @@ class MahppoConfig:
     """Hidden sizes of the critic."""
     power_scale: str = "log"
     """How the power head's u in [0, 1] maps onto the power range: 'linear' (the paper) or 'log' (geometric)."""
+    activation: str = "relu"
+    """Hidden-layer nonlinearity of the actors and the critic: 'relu' (cheaper on CPU) or 'tanh' (the paper)."""
     share_actor: bool = False
     """One actor for every device, reading its local observation and a one-hot device id."""
     max_devices: int = 16
@@ -107,6 +109,8 @@ class MahppoConfig:
             raise InvalidInput(f"total_steps must be >= 1, got {self.total_steps}")
         if self.power_scale not in ("linear", "log"):
             raise InvalidInput(f"power_scale must be 'linear' or 'log', got {self.power_scale!r}")
+        if self.activation not in ACTIVATIONS:
+            raise InvalidInput(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise InvalidInput(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {self.gamma} and {self.gae_lambda}")
 
@@ -212,8 +216,8 @@ def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progre
     N, P, K, F = env.num_devices, env.num_points, env.num_subchannels, env.num_features
     if config.share_actor and N > config.max_devices:
         raise InvalidInput(f"a shared actor serves at most max_devices={config.max_devices} devices, the scenario has {N}")
-    actor = HybridActor(N, F, P, K, config.actor_hidden, config.share_actor, config.max_devices)
-    critic = Critic(N * F, config.critic_hidden)
+    actor = HybridActor(N, F, P, K, config.actor_hidden, config.share_actor, config.max_devices, config.activation)
+    critic = Critic(N * F, config.critic_hidden, config.activation)
     actor_opt = torch.optim.Adam(actor.parameters(), lr=config.actor_lr, eps=1e-5, foreach=True)
     critic_opt = torch.optim.Adam(critic.parameters(), lr=config.critic_lr, eps=1e-5, foreach=True)
     low_w, high_w = env.sim.power_low_w, env.sim.power_high_w

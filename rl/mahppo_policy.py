@@ -90,6 +90,7 @@ class MahppoPolicy:
             actor_hidden=a.hidden,
             critic_hidden=tuple(self.config.critic_hidden) if self.config else (),
             power_scale=self.power_scale,
+            activation=a.activation,
             extra={"train_config": config_to_dict(self.config)} if self.config else {},
         )
 
@@ -117,6 +118,7 @@ class MahppoPolicy:
             tuple(spec.actor_hidden),
             spec.share_actor,
             spec.max_devices or 16,
+            spec.activation,
         )
         tensors = read_policy_tensors(json_path)
         state = {k[len("actor.") :]: v for k, v in tensors.items() if k.startswith("actor.")}

@@ -37,21 +37,29 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
+"""Hidden-layer nonlinearities by name: ReLU by default, since on CPU tanh costs about as much as
+the matmuls of these small layers; tanh is the paper's."""
+
+
 class EnsembleMLP(nn.Module):
-    """ReLU MLP made of `EnsembleLinear` layers; the last layer has no activation.
+    """MLP made of `EnsembleLinear` layers, ``activation`` after each hidden layer, none after the last."""
 
-    ReLU, not tanh: on CPU tanh costs about as much as the matmuls of these small layers.
-    """
-
-    def __init__(self, members: int, in_features: int, hidden: tuple[int, ...], out_features: int, out_gain: float) -> None:
+    def __init__(
+        self, members: int, in_features: int, hidden: tuple[int, ...], out_features: int, out_gain: float, activation: str = "relu"
+    ) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         sizes = (in_features, *hidden)
         self.hidden = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.out = EnsembleLinear(members, sizes[-1], out_features, gain=out_gain)
+        self.activation = activation
+        self._nonlinearity = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.hidden:
-            x = torch.relu(layer(x))
+            x = self._nonlinearity(layer(x))
         return self.out(x)
 
 
@@ -78,16 +86,17 @@ class HybridActor(nn.Module):
         hidden: tuple[int, ...] = (256, 128),
         share: bool = False,
         max_devices: int = 16,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         self.num_devices, self.num_features = num_devices, num_features
         self.num_points, self.num_subchannels = num_points, num_subchannels
-        self.share, self.max_devices, self.hidden = share, max_devices, tuple(hidden)
+        self.share, self.max_devices, self.hidden, self.activation = share, max_devices, tuple(hidden), activation
         out = num_points + num_subchannels + 2
         if share:
-            self.net = EnsembleMLP(1, 2 * num_features + max_devices, hidden, out, out_gain=0.01)
+            self.net = EnsembleMLP(1, 2 * num_features + max_devices, hidden, out, out_gain=0.01, activation=activation)
         else:
-            self.net = EnsembleMLP(num_devices, num_devices * num_features, hidden, out, out_gain=0.01)
+            self.net = EnsembleMLP(num_devices, num_devices * num_features, hidden, out, out_gain=0.01, activation=activation)
 
     def forward(self, state: torch.Tensor) -> HybridParams:
         B, N = state.shape[0], self.num_devices
@@ -116,10 +125,10 @@ def _shared_inputs(state: torch.Tensor, num_devices: int, num_features: int, max
 class Critic(nn.Module):
     """V(global state) -> (B,)."""
 
-    def __init__(self, state_dim: int, hidden: tuple[int, ...] = (256, 128, 64)) -> None:
+    def __init__(self, state_dim: int, hidden: tuple[int, ...] = (256, 128, 64), activation: str = "relu") -> None:
         super().__init__()
         self.hidden = tuple(hidden)
-        self.net = EnsembleMLP(1, state_dim, hidden, 1, out_gain=1.0)
+        self.net = EnsembleMLP(1, state_dim, hidden, 1, out_gain=1.0, activation=activation)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.net(state.unsqueeze(0))[0, :, 0]

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from coinfer.core.errors import IntegrityError, InvalidInput, NotFound
+from coinfer.rl.networks import ACTIVATIONS
 from coinfer.rl.scenario import MAX_DEVICES, Scenario
 from coinfer.rl.sim.core import feature_names
 
@@ -64,6 +65,8 @@ class PolicySpec:
     """Discrete power levels (sb3-ppo)."""
     power_scale: str = "linear"
     """How a MAHPPO power head's u in [0, 1] maps onto the power range ('linear' or 'log')."""
+    activation: str = "relu"
+    """Hidden-layer nonlinearity of a MAHPPO actor ('relu' or 'tanh'; files from before this field are ReLU)."""
     extra: dict = field(default_factory=dict)
     """Training configuration and notes."""
 
@@ -152,6 +155,12 @@ def _power_scale(value: Any) -> str:
     return value
 
 
+def _activation(value: Any) -> str:
+    if value not in ACTIVATIONS:
+        raise _Refused(f"must be one of {', '.join(repr(name) for name in sorted(ACTIVATIONS))}")
+    return value
+
+
 def _table(value: Any) -> dict:
     if not isinstance(value, dict):
         raise _Refused("must be a JSON object")
@@ -173,6 +182,7 @@ _FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "critic_hidden": _hidden,
     "power_levels": _int_in(0, MAX_NETWORK_SIZE),
     "power_scale": _power_scale,
+    "activation": _activation,
     "extra": _table,
 }
 

@@ -86,3 +86,10 @@ def test_train_sizes_given_on_the_command_line_apply(monkeypatch, tmp_path):
     assert (mahppo.num_envs, mahppo.rollout_steps, mahppo.minibatch_size) == (8, 128, 128)
     sb3 = _captured_train_config(monkeypatch, "coinfer.rl.sb3_ppo", "train_sb3_ppo", [*args, "--algo", "sb3-ppo"])
     assert (sb3.num_envs, sb3.n_steps, sb3.batch_size) == (8, 16, 128)
+
+
+def test_train_activation_flag_reaches_mahppo_only(monkeypatch, tmp_path, capsys):
+    args = ["--scenario", "edge-server", "--activation", "tanh", "--out", str(tmp_path)]
+    assert _captured_train_config(monkeypatch, "coinfer.rl.mahppo", "train_mahppo", args).activation == "tanh"
+    assert main(["rl", "train", *args, "--algo", "sb3-ppo", "--no-progress"]) != 0
+    assert "--activation apply to --algo mahppo only" in capsys.readouterr().err

@@ -155,3 +155,40 @@ def test_log_power_scale_spans_the_useful_powers_geometrically():
     assert np.allclose(out[:, 0], [1e-3, 10**-1.5, 1.0, 1.0])
     with pytest.raises(InvalidInput, match="power scale"):
         powers_from_unit(np.zeros((1, 1)), low, high, "cubic")
+
+
+def test_tanh_policy_is_rebuilt_with_tanh(tiny_toml, tmp_path):
+    # The paper's nonlinearity: a saved tanh actor must act the same after loading, not as ReLU.
+    scenario = load_scenario(tiny_toml)
+    torch.manual_seed(0)
+    actor = HybridActor(3, 4, 6, 2, (8,), activation="tanh")
+    path = MahppoPolicy(actor, scenario).save(tmp_path / "tanh")
+    assert json.loads(path.read_text())["activation"] == "tanh"
+    state = np.random.default_rng(1).normal(size=(16, 12)) * 3
+    loaded = load_policy(path, scenario)
+    assert loaded.actor.activation == "tanh"
+    assert np.allclose(loaded.act(state).powers_w, MahppoPolicy(actor, scenario).act(state).powers_w)
+    as_relu = HybridActor(3, 4, 6, 2, (8,))
+    as_relu.load_state_dict(actor.state_dict())
+    assert not np.allclose(MahppoPolicy(as_relu, scenario).act(state).powers_w, loaded.act(state).powers_w)
+
+
+def test_policy_files_without_activation_load_as_relu_and_unknown_ones_are_refused(tiny_toml, tmp_path):
+    scenario = load_scenario(tiny_toml)
+    path = MahppoPolicy(HybridActor(3, 4, 6, 2, (8,)), scenario).save(tmp_path / "p")
+    spec = json.loads(path.read_text())
+    del spec["activation"]  # written before the field existed: every such actor was ReLU
+    path.write_text(json.dumps(spec))
+    assert load_policy(path, scenario).actor.activation == "relu"
+    spec["activation"] = "gelu"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(InvalidInput, match=r"field 'activation' must be one of 'relu', 'tanh', got 'gelu'"):
+        load_policy(path, scenario)
+
+
+def test_tanh_training_runs_and_unknown_activation_is_refused(tiny_toml, tmp_path):
+    result = train_mahppo(small_config(tiny_toml, activation="tanh", total_steps=256, eval_every_steps=0, checkpoint_every_steps=0), tmp_path)
+    assert np.isfinite(result.final_eval_reward)
+    assert load_policy(result.policy_path).actor.activation == "tanh"
+    with pytest.raises(InvalidInput, match="activation must be one of"):
+        train_mahppo(small_config(tiny_toml, activation="gelu"), None)
