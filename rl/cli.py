@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (2 pays off only on an idle machine)")
     p.add_argument("--share-actor", action="store_true", help="mahppo: one actor for all devices (device-id input)")
     p.add_argument("--activation", choices=("relu", "tanh"), default=None, help="mahppo: hidden-layer nonlinearity (default relu; tanh is the paper's)")
+    p.add_argument("--train-cell", choices=("random", "evaluation"), default=None,
+                   help="mahppo: train on random distances and task counts (default, the paper) or on the evaluation cell")
     p.add_argument("--beta", type=float, default=None, help="override the scenario's energy weight")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train)
@@ -60,8 +62,9 @@ def _train(args: argparse.Namespace) -> int:
             scenario=args.scenario, total_steps=args.steps, seed=args.seed,
             eval_every_steps=args.eval_every, share_actor=args.share_actor, beta=args.beta, torch_threads=args.torch_threads,
         )
-        if args.activation is not None:
-            config.activation = args.activation
+        for name in ("activation", "train_cell"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
         if args.num_envs is not None:
             config.num_envs = args.num_envs
         if args.rollout_steps is not None:
@@ -71,8 +74,8 @@ def _train(args: argparse.Namespace) -> int:
         from coinfer.core.errors import InvalidInput
         from coinfer.rl.sb3_ppo import Sb3PpoConfig, train_sb3_ppo
 
-        if args.share_actor or args.beta is not None or args.activation is not None:
-            raise InvalidInput("--share-actor, --beta and --activation apply to --algo mahppo only")
+        if args.share_actor or args.beta is not None or args.activation is not None or args.train_cell is not None:
+            raise InvalidInput("--share-actor, --beta, --activation and --train-cell apply to --algo mahppo only")
         config = Sb3PpoConfig(scenario=args.scenario, total_steps=args.steps, seed=args.seed, eval_every_steps=args.eval_every, torch_threads=args.torch_threads)
         if args.num_envs is not None or args.rollout_steps is not None:
             rollout_steps = args.rollout_steps if args.rollout_steps is not None else config.num_envs * config.n_steps

@@ -84,6 +84,9 @@ class MahppoConfig:
     """How the power head's u in [0, 1] maps onto the power range: 'linear' (the paper) or 'log' (geometric)."""
     activation: str = "relu"
     """Hidden-layer nonlinearity of the actors and the critic: 'relu' (cheaper on CPU) or 'tanh' (the paper)."""
+    train_cell: str = "random"
+    """Episodes trained on: 'random' (the paper: distances and task counts drawn per episode) or
+    'evaluation' (the evaluation mode's fixed distances and task counts: a scheduler for the cell it serves)."""
     share_actor: bool = False
     """One actor for every device, reading its local observation and a one-hot device id."""
     max_devices: int = 16
@@ -109,6 +112,8 @@ class MahppoConfig:
             raise InvalidInput(f"total_steps must be >= 1, got {self.total_steps}")
         if self.power_scale not in ("linear", "log"):
             raise InvalidInput(f"power_scale must be 'linear' or 'log', got {self.power_scale!r}")
+        if self.train_cell not in ("random", "evaluation"):
+            raise InvalidInput(f"train_cell must be 'random' or 'evaluation', got {self.train_cell!r}")
         if self.activation not in ACTIVATIONS:
             raise InvalidInput(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
@@ -212,7 +217,7 @@ def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progre
     scenario = config.build_scenario()
     torch.set_num_threads(config.torch_threads)
     torch.manual_seed(config.seed)
-    env = BatchedEnv(scenario, num_envs=config.num_envs, mode="train", seed=config.seed)
+    env = BatchedEnv(scenario, num_envs=config.num_envs, mode="train" if config.train_cell == "random" else "eval", seed=config.seed)
     N, P, K, F = env.num_devices, env.num_points, env.num_subchannels, env.num_features
     if config.share_actor and N > config.max_devices:
         raise InvalidInput(f"a shared actor serves at most max_devices={config.max_devices} devices, the scenario has {N}")

@@ -88,8 +88,10 @@ def test_train_sizes_given_on_the_command_line_apply(monkeypatch, tmp_path):
     assert (sb3.num_envs, sb3.n_steps, sb3.batch_size) == (8, 16, 128)
 
 
-def test_train_activation_flag_reaches_mahppo_only(monkeypatch, tmp_path, capsys):
-    args = ["--scenario", "edge-server", "--activation", "tanh", "--out", str(tmp_path)]
-    assert _captured_train_config(monkeypatch, "coinfer.rl.mahppo", "train_mahppo", args).activation == "tanh"
-    assert main(["rl", "train", *args, "--algo", "sb3-ppo", "--no-progress"]) != 0
-    assert "--activation apply to --algo mahppo only" in capsys.readouterr().err
+def test_train_activation_and_cell_flags_reach_mahppo_only(monkeypatch, tmp_path, capsys):
+    args = ["--scenario", "edge-server", "--activation", "tanh", "--train-cell", "evaluation", "--out", str(tmp_path)]
+    config = _captured_train_config(monkeypatch, "coinfer.rl.mahppo", "train_mahppo", args)
+    assert (config.activation, config.train_cell) == ("tanh", "evaluation")
+    for flag in (["--activation", "tanh"], ["--train-cell", "evaluation"]):
+        assert main(["rl", "train", "--out", str(tmp_path), *flag, "--algo", "sb3-ppo", "--no-progress"]) != 0
+        assert "apply to --algo mahppo only" in capsys.readouterr().err

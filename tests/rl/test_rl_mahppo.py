@@ -192,3 +192,26 @@ def test_tanh_training_runs_and_unknown_activation_is_refused(tiny_toml, tmp_pat
     assert load_policy(result.policy_path).actor.activation == "tanh"
     with pytest.raises(InvalidInput, match="activation must be one of"):
         train_mahppo(small_config(tiny_toml, activation="gelu"), None)
+
+
+@pytest.mark.parametrize("cell, mode", [("random", "train"), ("evaluation", "eval")])
+def test_train_cell_picks_the_training_episodes(tiny_toml, monkeypatch, cell, mode):
+    import coinfer.rl.mahppo as mahppo_module
+
+    built, real = [], mahppo_module.BatchedEnv
+
+    def recording(scenario, num_envs, mode, seed):
+        env = real(scenario, num_envs=num_envs, mode=mode, seed=seed)
+        built.append(env)
+        return env
+
+    monkeypatch.setattr(mahppo_module, "BatchedEnv", recording)
+    train_mahppo(small_config(tiny_toml, train_cell=cell, total_steps=256, eval_every_steps=0, checkpoint_every_steps=0), None)
+    sim = built[0].sim
+    assert sim.mode == mode
+    if cell == "evaluation":  # every training episode is the evaluation cell: its distances and task counts
+        scenario = load_scenario(tiny_toml)
+        assert np.allclose(sim.distance_m, [d.eval_distance_m for d in scenario.devices])
+        assert (sim.num_tasks == scenario.evaluation.tasks_per_device).all()
+    with pytest.raises(InvalidInput, match="train_cell must be 'random' or 'evaluation'"):
+        train_mahppo(small_config(tiny_toml, train_cell="fixed"), None)
