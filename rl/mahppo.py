@@ -114,7 +114,7 @@ class MahppoConfig:
             raise InvalidInput(f"power_scale must be 'linear' or 'log', got {self.power_scale!r}")
         if self.train_cell not in ("random", "evaluation"):
             raise InvalidInput(f"train_cell must be 'random' or 'evaluation', got {self.train_cell!r}")
-        if self.activation not in ACTIVATIONS:
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
             raise InvalidInput(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise InvalidInput(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {self.gamma} and {self.gae_lambda}")

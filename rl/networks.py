@@ -49,17 +49,17 @@ class EnsembleMLP(nn.Module):
         self, members: int, in_features: int, hidden: tuple[int, ...], out_features: int, out_gain: float, activation: str = "relu"
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         sizes = (in_features, *hidden)
         self.hidden = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.out = EnsembleLinear(members, sizes[-1], out_features, gain=out_gain)
         self.activation = activation
-        self._nonlinearity = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nonlinearity = ACTIVATIONS[self.activation]
         for layer in self.hidden:
-            x = self._nonlinearity(layer(x))
+            x = nonlinearity(layer(x))
         return self.out(x)
 
 

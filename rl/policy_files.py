@@ -156,7 +156,7 @@ def _power_scale(value: Any) -> str:
 
 
 def _activation(value: Any) -> str:
-    if value not in ACTIVATIONS:
+    if not isinstance(value, str) or value not in ACTIVATIONS:
         raise _Refused(f"must be one of {', '.join(repr(name) for name in sorted(ACTIVATIONS))}")
     return value
 

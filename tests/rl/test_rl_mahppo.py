@@ -180,10 +180,11 @@ def test_policy_files_without_activation_load_as_relu_and_unknown_ones_are_refus
     del spec["activation"]  # written before the field existed: every such actor was ReLU
     path.write_text(json.dumps(spec))
     assert load_policy(path, scenario).actor.activation == "relu"
-    spec["activation"] = "gelu"
-    path.write_text(json.dumps(spec))
-    with pytest.raises(InvalidInput, match=r"field 'activation' must be one of 'relu', 'tanh', got 'gelu'"):
-        load_policy(path, scenario)
+    for bad in ("gelu", ["relu"]):
+        spec["activation"] = bad
+        path.write_text(json.dumps(spec))
+        with pytest.raises(InvalidInput, match=r"field 'activation' must be one of 'relu', 'tanh', got "):
+            load_policy(path, scenario)
 
 
 def test_tanh_training_runs_and_unknown_activation_is_refused(tiny_toml, tmp_path):
