@@ -51,10 +51,14 @@ def test_planned_runs_cover_every_training_once_seed_by_seed(tmp_path):
     schedulers = [r for r in plan if r.algo != "baselines" and not r.overrides]
     # seed 0 of both algorithms first (whole seeds finish first), then MAHPPO's seed 1
     assert [(r.algo, r.seed) for r in schedulers] == [("mahppo", 0)] * 3 + [("sb3-ppo", 0)] * 3 + [("mahppo", 1)] * 3
-    assert all(r.steps == bench.FULL.train_steps for r in schedulers)
-    sweeps = [r for r in plan if r.overrides]
+    assert all(r.steps == bench.FULL.train_steps and r.part == "schedulers" for r in schedulers)
+    # MAHPPO trained on the evaluation cell of edge-server, once per MAHPPO seed, beside the paper's protocol
+    cell = [r for r in plan if dict(r.overrides).get("train_cell") == "evaluation"]
+    assert [(r.algo, r.scenario, r.seed, r.part) for r in cell] == [("mahppo", "edge-server", s, "schedulers") for s in (0, 1)]
+    assert all(r.steps == bench.FULL.train_steps and "train_cell=evaluation" in r.label() for r in cell)
+    sweeps = [r for r in plan if r.part == "sweeps"]
     assert len(sweeps) == len(bench.FULL.sweep_devices) + len(bench.FULL.sweep_betas)
-    assert all(r.steps == bench.FULL.sweep_steps and r.scenario == "mahppo-paper-resnet18" for r in sweeps)
+    assert all(r.steps == bench.FULL.sweep_steps and r.scenario == "mahppo-paper-resnet18" and r.overrides for r in sweeps)
 
 
 def test_execute_planned_skips_what_is_done(tmp_path, monkeypatch):
@@ -72,9 +76,10 @@ def test_train_only_trains_the_asked_share(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(bench, "execute_planned", lambda plan, jobs: seen.update(plan=plan, jobs=jobs))
     bench.train_only(tmp_path, quick=True, jobs=3, only="sweeps")
-    assert seen["jobs"] == 3 and seen["plan"] and all(r.overrides for r in seen["plan"])
+    assert seen["jobs"] == 3 and seen["plan"] and all(r.scenario == "mahppo-paper-resnet18" and r.steps == bench.QUICK.sweep_steps for r in seen["plan"])
     bench.train_only(tmp_path, quick=True, jobs=1, only="schedulers", seeds={"mahppo": (2,), "sb3-ppo": (2,)})
     assert {(r.algo, r.seed) for r in seen["plan"]} == {("baselines", 0), ("mahppo", 2), ("sb3-ppo", 2)}
+    assert any(dict(r.overrides).get("train_cell") == "evaluation" for r in seen["plan"])  # the edge-server cell runs go with the schedulers
 
 
 def testparse_seedss_are_checked():
