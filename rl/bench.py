@@ -48,6 +48,8 @@ CELL_TRAINED_SCENARIOS = ("edge-server",)
 informative row beside the verdict, which keeps the paper's protocol."""
 CELL_OVERRIDES = {"train_cell": "evaluation"}
 """MahppoConfig overrides of those runs."""
+CELL_RUN_PREFIX = "mahppo-evaluation-cell"
+"""Their run folders: runs/<scenario>/mahppo-evaluation-cell-seed<K>."""
 ALGOS = ("mahppo", "sb3-ppo")
 
 
@@ -214,10 +216,6 @@ def _run_dir(out_dir: Path, scenario: str, algo: str, seed: int) -> Path:
     return out_dir / "runs" / scenario / f"{algo}-seed{seed}"
 
 
-def _cell_run_dir(out_dir: Path, scenario: str, seed: int) -> Path:
-    return out_dir / "runs" / scenario / f"mahppo-evaluation-cell-seed{seed}"
-
-
 def _sweep_dir(out_dir: Path, kind: str, value: float) -> Path:
     return out_dir / "runs" / "sweep" / f"{kind}-{value:g}"
 
@@ -236,7 +234,7 @@ def planned_runs(budget: Budget, out_dir: Path, seeds: dict[str, tuple[int, ...]
     plan = [PlannedRun("baselines", name, 0, 0, 0, out_dir / "runs" / name, search_options=budget.search_options) for name in SCHEDULER_SCENARIOS]
     plan += [PlannedRun(algo, name, s, budget.train_steps, budget.eval_every_steps, _run_dir(out_dir, name, algo, s))
              for s in sorted({s for algo in ALGOS for s in seeds[algo]}) for algo in ALGOS if s in seeds[algo] for name in SCHEDULER_SCENARIOS]
-    plan += [PlannedRun("mahppo", name, s, budget.train_steps, budget.eval_every_steps, _cell_run_dir(out_dir, name, s), overrides=tuple(CELL_OVERRIDES.items()))
+    plan += [PlannedRun("mahppo", name, s, budget.train_steps, budget.eval_every_steps, _run_dir(out_dir, name, CELL_RUN_PREFIX, s), overrides=tuple(CELL_OVERRIDES.items()))
              for s in seeds["mahppo"] for name in CELL_TRAINED_SCENARIOS]
     for kind, values in (("devices", budget.sweep_devices), ("beta", budget.sweep_betas)):
         for value in values:
@@ -403,7 +401,7 @@ def bench_schedulers(budget: Budget, out_dir: Path, targets: Targets, seeds: dic
                     "-", "-")
         cell = None
         if name in CELL_TRAINED_SCENARIOS:
-            cell = _spread([_train_cached("mahppo", name, s, budget.train_steps, budget.eval_every_steps, _cell_run_dir(out_dir, name, s),
+            cell = _spread([_train_cached("mahppo", name, s, budget.train_steps, budget.eval_every_steps, _run_dir(out_dir, name, CELL_RUN_PREFIX, s),
                                           **CELL_OVERRIDES)["eval"]["reward"] for s in seeds["mahppo"]])
             targets.add(f"{name}: MAHPPO trained on the evaluation cell (not the paper's protocol), mean [min, max]",
                         f"{cell['mean']:.3f} [{cell['min']:.3f}, {cell['max']:.3f}]", "-", f"search {rivals['search']:.3f}")

@@ -54,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_simulate)
 
 
+_MAHPPO_OPTIONS = ("activation", "train_cell")
+"""Optional MahppoConfig fields set from flags of the same name (None: unset)."""
+
+
 def _train(args: argparse.Namespace) -> int:
     if args.algo == "mahppo":
         from coinfer.rl.mahppo import MahppoConfig, train_mahppo
@@ -62,7 +66,7 @@ def _train(args: argparse.Namespace) -> int:
             scenario=args.scenario, total_steps=args.steps, seed=args.seed,
             eval_every_steps=args.eval_every, share_actor=args.share_actor, beta=args.beta, torch_threads=args.torch_threads,
         )
-        for name in ("activation", "train_cell"):
+        for name in _MAHPPO_OPTIONS:  # unset: the configuration's default
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
         if args.num_envs is not None:
@@ -74,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
         from coinfer.core.errors import InvalidInput
         from coinfer.rl.sb3_ppo import Sb3PpoConfig, train_sb3_ppo
 
-        if args.share_actor or args.beta is not None or args.activation is not None or args.train_cell is not None:
+        if args.share_actor or args.beta is not None or any(getattr(args, name) is not None for name in _MAHPPO_OPTIONS):
             raise InvalidInput("--share-actor, --beta, --activation and --train-cell apply to --algo mahppo only")
         config = Sb3PpoConfig(scenario=args.scenario, total_steps=args.steps, seed=args.seed, eval_every_steps=args.eval_every, torch_threads=args.torch_threads)
         if args.num_envs is not None or args.rollout_steps is not None:

@@ -28,6 +28,10 @@ from coinfer.rl.networks import ACTIVATIONS, Critic, HybridActor, hybrid_entropy
 from coinfer.rl.scenario import Scenario, load_scenario
 
 
+TRAIN_CELL_MODES = {"random": "train", "evaluation": "eval"}
+"""`MahppoConfig.train_cell` -> the simulator mode whose episodes it trains on."""
+
+
 @dataclass
 class MahppoConfig:
     """Everything a MAHPPO run depends on.
@@ -112,7 +116,7 @@ class MahppoConfig:
             raise InvalidInput(f"total_steps must be >= 1, got {self.total_steps}")
         if self.power_scale not in ("linear", "log"):
             raise InvalidInput(f"power_scale must be 'linear' or 'log', got {self.power_scale!r}")
-        if self.train_cell not in ("random", "evaluation"):
+        if not isinstance(self.train_cell, str) or self.train_cell not in TRAIN_CELL_MODES:
             raise InvalidInput(f"train_cell must be 'random' or 'evaluation', got {self.train_cell!r}")
         if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
             raise InvalidInput(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
@@ -217,7 +221,7 @@ def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progre
     scenario = config.build_scenario()
     torch.set_num_threads(config.torch_threads)
     torch.manual_seed(config.seed)
-    env = BatchedEnv(scenario, num_envs=config.num_envs, mode="train" if config.train_cell == "random" else "eval", seed=config.seed)
+    env = BatchedEnv(scenario, num_envs=config.num_envs, mode=TRAIN_CELL_MODES[config.train_cell], seed=config.seed)
     N, P, K, F = env.num_devices, env.num_points, env.num_subchannels, env.num_features
     if config.share_actor and N > config.max_devices:
         raise InvalidInput(f"a shared actor serves at most max_devices={config.max_devices} devices, the scenario has {N}")

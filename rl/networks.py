@@ -91,12 +91,16 @@ class HybridActor(nn.Module):
         super().__init__()
         self.num_devices, self.num_features = num_devices, num_features
         self.num_points, self.num_subchannels = num_points, num_subchannels
-        self.share, self.max_devices, self.hidden, self.activation = share, max_devices, tuple(hidden), activation
+        self.share, self.max_devices, self.hidden = share, max_devices, tuple(hidden)
         out = num_points + num_subchannels + 2
         if share:
             self.net = EnsembleMLP(1, 2 * num_features + max_devices, hidden, out, out_gain=0.01, activation=activation)
         else:
             self.net = EnsembleMLP(num_devices, num_devices * num_features, hidden, out, out_gain=0.01, activation=activation)
+
+    @property
+    def activation(self) -> str:
+        return self.net.activation
 
     def forward(self, state: torch.Tensor) -> HybridParams:
         B, N = state.shape[0], self.num_devices
