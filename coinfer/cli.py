@@ -20,13 +20,13 @@ from coinfer.core.errors import CoinferError
 COMMAND_MODULES: tuple[str, ...] = (
     "coinfer.server.cli",
     "coinfer.server.dekd.cli",
-    "coinfer.server.testbed.cli",
+    "coinfer.testbed.cli",
     "coinfer.server.split.cli",
     "coinfer.edge.cli",
     "coinfer.edge.profile_cli",
     "coinfer.rl.cli",
     "coinfer.demo",
-    "coinfer.bench",
+    "coinfer.bench.suite",
 )
 
 

@@ -80,7 +80,7 @@ def run_stage(title: str, argv: list[str], done_marker: Path, fresh: bool) -> fl
 
 def _run(args: argparse.Namespace) -> int:
     if not args.full:
-        from coinfer.server.demo_skeleton import run_walking_skeleton
+        from coinfer.demo_skeleton import run_walking_skeleton
 
         return run_walking_skeleton(args)
     from coinfer.demo_report import write_demo_report

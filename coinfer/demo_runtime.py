@@ -32,8 +32,8 @@ def run_runtime_stage(runs: Path, devit: Path, split: Path, mahppo: Path, scenar
     from coinfer.core.data import load_dataset
     from coinfer.core.errors import CoinferError
     from coinfer.server.catalog import ModelCatalog
-    from coinfer.server.client import InferenceClient
-    from coinfer.server.processes import DaemonProcess, coinfer_command
+    from coinfer.serving.client import InferenceClient
+    from coinfer.bench.processes import DaemonProcess, coinfer_command
 
     work = runs / "runtime"
     work.mkdir(parents=True, exist_ok=True)

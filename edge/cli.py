@@ -6,7 +6,7 @@ import argparse
 import socket
 from pathlib import Path
 
-from coinfer.protos.cli_options import add_server_args
+from coinfer.serving.cli_options import add_server_args
 
 DEFAULT_LISTEN = "127.0.0.1:8101"
 
@@ -42,9 +42,9 @@ def _edge(args: argparse.Namespace) -> int:
     from coinfer.core.errors import InvalidInput
     from coinfer.edge.daemon import EdgeConfig
     from coinfer.edge.serve import start_edge
-    from coinfer.protos.cli_options import read_token, server_options_from_args, set_torch_threads, write_port_file
-    from coinfer.protos.security import ClientSecurity
-    from coinfer.protos.serving import run_until_signal
+    from coinfer.serving.cli_options import read_token, server_options_from_args, set_torch_threads, write_port_file
+    from coinfer.serving.security import ClientSecurity
+    from coinfer.serving.server import run_until_signal
 
     if args.rpc_timeout_s <= 0:
         raise InvalidInput(f"--rpc-timeout-s must be positive, got {args.rpc_timeout_s}")

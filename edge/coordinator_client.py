@@ -19,8 +19,8 @@ from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
 from coinfer.protos import inference_pb2 as pb
 from coinfer.protos import inference_pb2_grpc as pb_grpc
-from coinfer.protos.interceptors import error_from_rpc
-from coinfer.protos.security import ClientSecurity, open_channel
+from coinfer.serving.interceptors import error_from_rpc
+from coinfer.serving.security import ClientSecurity, open_channel
 from coinfer.protos.v1 import (
     Assignment,
     DeviceInfo,

@@ -34,8 +34,8 @@ from coinfer.edge.metrics import EdgeMetrics
 from coinfer.edge.part_cache import PartCache
 from coinfer.edge.stats import EdgeStats
 from coinfer.protos.oip import ParameterValue
-from coinfer.protos.oip_service import InferCall
-from coinfer.protos.security import ClientSecurity
+from coinfer.serving.oip_service import InferCall
+from coinfer.serving.security import ClientSecurity
 from coinfer.protos.v1 import Assignment, DeviceInfo
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from coinfer.edge.loaded import LoadedAssignment
 from coinfer.edge.metrics import EdgeMetrics
 from coinfer.edge.stats import EdgeStats
 from coinfer.protos.oip import ParameterValue
-from coinfer.protos.oip_service import InferCall
+from coinfer.serving.oip_service import InferCall
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Iterable
 
 from coinfer.core.errors import InvalidInput, NotFound
 from coinfer.edge.part_cache import FetchFn, PartCache
-from coinfer.protos.parts import load_part_module
+from coinfer.serving.parts import load_part_module
 from coinfer.protos.v1 import Assignment, PartRef, PointPlan, SubModelRef
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ from coinfer.edge.metrics import EdgeMetrics
 from coinfer.edge.servicer import EDGE_SERVICE_NAME, EdgeModels, EdgeServicer
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
 from coinfer.protos import inference_pb2_grpc as pb_grpc
-from coinfer.protos import oip_service
-from coinfer.protos.metrics import MetricsServer, serve_metrics
-from coinfer.protos.oip_service import InferenceServicer
-from coinfer.protos.serving import RunningServer, ServerOptions, ServiceBinding, split_host_port, start_server
+from coinfer.serving import oip_service
+from coinfer.serving.metrics import MetricsServer, serve_metrics
+from coinfer.serving.oip_service import InferenceServicer
+from coinfer.serving.server import RunningServer, ServerOptions, ServiceBinding, split_host_port, start_server
 
 
 @dataclass

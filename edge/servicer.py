@@ -18,7 +18,7 @@ from coinfer.edge.daemon import EdgeDaemon
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
 from coinfer.protos.oip import TensorMeta, build_infer_request, infer_response_outputs, parameters_from_proto
-from coinfer.protos.oip_service import InferCall, InferResult
+from coinfer.serving.oip_service import InferCall, InferResult
 from coinfer.protos.v1 import ModelInfo
 
 DEFAULT_MAX_BATCH = 256

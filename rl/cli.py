@@ -94,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from coinfer.rl.evaluate import evaluate_policy
+    from coinfer.rl.evaluation import evaluate_policy
     from coinfer.rl.policy import make_policy
     from coinfer.rl.scenario import load_scenario
 

@@ -213,7 +213,7 @@ class TrainResult:
 
 def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progress: bool = False) -> TrainResult:
     """Train MAHPPO on the batched simulator; write scalars, curve, checkpoints and the policy to ``out_dir``."""
-    from coinfer.rl.evaluate import evaluate_policy
+    from coinfer.rl.evaluation import evaluate_policy
     from coinfer.rl.mahppo_policy import MahppoPolicy
 
     # Setup

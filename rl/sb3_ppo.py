@@ -210,7 +210,7 @@ def train_sb3_ppo(config: Sb3PpoConfig, out_dir: str | Path | None = None, progr
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from coinfer.rl.evaluate import evaluate_policy
+    from coinfer.rl.evaluation import evaluate_policy
     from coinfer.rl.plots import plot_learning_curve
 
     scenario = load_scenario(config.scenario)

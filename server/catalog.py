@@ -19,7 +19,7 @@ import numpy as np
 
 from coinfer.core.bundle import Bundle, load_bundle
 from coinfer.core.errors import IntegrityError, InvalidInput, NotFound
-from coinfer.protos.oip_service import InferCall, InferResult
+from coinfer.serving.oip_service import InferCall, InferResult
 from coinfer.server.deployment import SplitDeployment, is_split_bundle
 from coinfer.server.devit_service import DEVIT_KIND, DeViTServeConfig, DeViTServing, FanOutRouter
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coinfer.protos.cli_options import add_server_args
+from coinfer.serving.cli_options import add_server_args
 
 DEFAULT_LISTEN = "127.0.0.1:8001"
 
@@ -56,9 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from coinfer.core.errors import InvalidInput
-    from coinfer.protos.cli_options import read_token, server_options_from_args, set_torch_threads, write_port_file
-    from coinfer.protos.security import ClientSecurity
-    from coinfer.protos.serving import run_until_signal
+    from coinfer.serving.cli_options import read_token, server_options_from_args, set_torch_threads, write_port_file
+    from coinfer.serving.security import ClientSecurity
+    from coinfer.serving.server import run_until_signal
     from coinfer.server.coordinator import CoordinatorConfig
     from coinfer.server.devit_service import DeViTServeConfig
     from coinfer.server.scheduler import SchedulerConfig
@@ -123,7 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _certs_init(args: argparse.Namespace) -> int:
-    from coinfer.server.certs import init_certs
+    from coinfer.serving.certs import init_certs
 
     paths = init_certs(args.dir, args.host, days=args.days, overwrite=args.overwrite)
     print(f"wrote a CA, a daemon certificate and a client certificate to {paths.directory}")

@@ -20,8 +20,8 @@ import numpy as np
 
 from coinfer.core.bundle import TensorSpec
 from coinfer.core.errors import InvalidInput, NotFound
-from coinfer.protos.interceptors import status_of
-from coinfer.protos.security import ClientSecurity
+from coinfer.serving.interceptors import status_of
+from coinfer.serving.security import ClientSecurity
 from coinfer.protos.v1 import Assignment, DeviceInfo, LoadReport, PartRef, SubModelRef
 from coinfer.server.catalog import DEFAULT_CHUNK_BYTES, ModelCatalog, PartChunkData
 from coinfer.server.devit_service import Holder

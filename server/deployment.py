@@ -24,7 +24,7 @@ from coinfer.core.bundle import Bundle, PartSpec
 from coinfer.core.codec import datatype_of, decode, encode, from_bytes, to_bytes
 from coinfer.core.errors import FailedPrecondition, InvalidInput, NotFound
 from coinfer.protos.oip import TensorMeta
-from coinfer.protos.parts import load_part_module
+from coinfer.serving.parts import load_part_module
 from coinfer.protos.v1 import PointPlan
 
 SPLIT_KIND = "split"

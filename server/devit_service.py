@@ -28,8 +28,8 @@ from coinfer.core.errors import DeadlineExceeded, InvalidInput, Unavailable
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
 from coinfer.protos.oip import TensorMeta
-from coinfer.protos.oip_service import InferCall, InferResult
-from coinfer.protos.parts import load_part_module
+from coinfer.serving.oip_service import InferCall, InferResult
+from coinfer.serving.parts import load_part_module
 from coinfer.protos.v1 import ModelInfo
 from coinfer.server.deployment import DEFAULT_MAX_BATCH, IMAGE_INPUT, LOGITS_OUTPUT
 
@@ -88,7 +88,7 @@ def _run_submodel(stub: v1_grpc.EdgeStub, request: v1.RunSubModelRequest, deadli
 
 
 def _fusion_builders():
-    from coinfer.server.dekd.fusion import ARCH, build_fusion
+    from coinfer.core.models.fusion import ARCH, build_fusion
 
     return {ARCH: build_fusion}
 

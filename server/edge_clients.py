@@ -13,7 +13,7 @@ import threading
 import grpc
 
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
-from coinfer.protos.security import ClientSecurity, open_channel
+from coinfer.serving.security import ClientSecurity, open_channel
 
 
 class EdgeClients:

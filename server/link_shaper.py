@@ -1,7 +1,7 @@
 """Links that follow the scheduler: the transmit power it picks sets the device's uplink rate.
 
 On loopback or a wired network a transmit power changes nothing, so the scheduler's power only
-enters the energy accounting. On the testbed (`coinfer.server.testbed`) each device has its own
+enters the energy accounting. On the testbed (`coinfer.testbed`) each device has its own
 shaped link, and `TestbedLinkShaper` turns every slot's powers into uplink rates with the
 simulator's channel model (Shannon's formula with path loss, `testbed/channel.py`), so a lower
 power gives a slower upload, as it does in the simulator.
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 if TYPE_CHECKING:
-    from coinfer.server.testbed import Testbed
+    from coinfer.testbed import Testbed
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ class TestbedLinkShaper:
     @classmethod
     def attach(cls, prefix: str, state_dir: Path | None = None) -> "TestbedLinkShaper":
         """A shaper for the testbed that `coinfer testbed up --prefix PREFIX` made (FailedPrecondition/NotFound if none)."""
-        from coinfer.server.testbed import Testbed
-        from coinfer.server.testbed.config import DEFAULT_STATE_DIR
+        from coinfer.testbed import Testbed
+        from coinfer.testbed.config import DEFAULT_STATE_DIR
 
         return cls(Testbed.attach(prefix, state_dir if state_dir is not None else DEFAULT_STATE_DIR))
 

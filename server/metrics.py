@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from coinfer.protos.metrics import LATENCY_BUCKETS_S, DaemonMetrics
+from coinfer.serving.metrics import LATENCY_BUCKETS_S, DaemonMetrics
 
 
 class CoordinatorMetrics(DaemonMetrics):

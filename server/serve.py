@@ -10,11 +10,11 @@ from typing import Sequence
 from coinfer.core.errors import InvalidInput
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
 from coinfer.protos import inference_pb2_grpc as pb_grpc
-from coinfer.protos import oip_service
-from coinfer.protos.metrics import MetricsServer, serve_metrics
-from coinfer.protos.oip_service import InferenceServicer
-from coinfer.protos.security import ClientSecurity
-from coinfer.protos.serving import RunningServer, ServerOptions, ServiceBinding, split_host_port, start_server
+from coinfer.serving import oip_service
+from coinfer.serving.metrics import MetricsServer, serve_metrics
+from coinfer.serving.oip_service import InferenceServicer
+from coinfer.serving.security import ClientSecurity
+from coinfer.serving.server import RunningServer, ServerOptions, ServiceBinding, split_host_port, start_server
 from coinfer.server import servicer
 from coinfer.server.catalog import CoordinatorModels, ModelCatalog
 from coinfer.server.coordinator import Coordinator, CoordinatorConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from coinfer.bench import render_report, with_earlier_parts
+from coinfer.bench.suite import render_report, with_earlier_parts
 
 
 def _row(name: str, ours: float, met: bool) -> dict:

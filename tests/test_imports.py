@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("core", "edge", "server", "rl", "protos", "coinfer")
+FOLDERS = ("core", "protos", "serving", "edge", "server", "rl", "testbed", "bench", "coinfer")
 
 
 def _coinfer_imports() -> list[tuple[str, int, str, str]]:

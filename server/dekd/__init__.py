@@ -2,9 +2,10 @@
 
 Modules, in pipeline order: ``teacher`` (train / import / load the teacher), ``partition``
 (class groups), ``prune`` and ``sizing`` (sub-model structure per device budget), ``targets``
-(cached teacher outputs), ``distill`` (sub-task distillation), ``fusion`` and ``ensemble``
-(fusion head, joint training with device dropout), ``baseline`` (single-student comparison),
-``pipeline`` (end to end), ``artifact`` (the deployable bundle), ``report``, ``bench``, ``cli``.
+(cached teacher outputs), ``distill`` (sub-task distillation), ``ensemble`` (the fusion head of
+``coinfer.core.models.fusion`` trained jointly with device dropout), ``baseline`` (single-student comparison),
+``pipeline`` (end to end), ``artifact`` (the deployable bundle), ``report``, ``cli``; the
+benchmark is ``coinfer.bench.dekd``.
 
 A runtime loads a bundle with :func:`coinfer.server.dekd.artifact.load_devit`.
 """

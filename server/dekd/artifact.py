@@ -5,7 +5,7 @@ Layout (a ``coinfer.core.bundle`` of kind ``"devit"``):
 * ``device-{i}`` (role ``"submodel"``): a head-less ViT, ``build_model(config)`` in the core
   registry; input ``image`` FP32 (B, C, H, W) scaled to [0, 1], output ``cls_feature`` FP32 (B, d_i);
 * ``fusion`` (role ``"fusion"``): config ``{"arch": "devit-fusion", ...}`` rebuilt by
-  :func:`coinfer.server.dekd.fusion.build_fusion`; inputs ``feature_0 .. feature_{N-1}`` FP32
+  :func:`coinfer.core.models.fusion.build_fusion`; inputs ``feature_0 .. feature_{N-1}`` FP32
   (B, d_i) and ``present`` BOOL (B, N); output ``logits`` FP32 (B, classes);
 * metadata ``"devit"``: the class partition, class names, speeds and part names; the bundle
   folder also holds ``report.json``.
@@ -58,7 +58,7 @@ def write_devit_bundle(
 ):
     """Write the bundle atomically (nothing is left behind if anything fails)."""
     from coinfer.core.bundle import PartToWrite, TensorSpec, write_bundle
-    from coinfer.server.dekd.fusion import fusion_input_names
+    from coinfer.core.models.fusion import fusion_input_names
 
     parts = []
     for i, model in enumerate(submodels):
@@ -111,7 +111,7 @@ def load_devit(path: str | Path) -> DeViTDeployment:
     """Rebuild every sub-model and the fusion head from a DeViT bundle (hashes verified, strict loads)."""
     from coinfer.core.bundle import load_bundle
     from coinfer.core.errors import IntegrityError
-    from coinfer.server.dekd.fusion import build_fusion
+    from coinfer.core.models.fusion import build_fusion
 
     bundle = load_bundle(path)
     if bundle.kind != KIND:

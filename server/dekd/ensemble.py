@@ -22,7 +22,7 @@ from coinfer.core.measure import accuracy
 from coinfer.core.models.vit import VisionTransformer
 from coinfer.core.training import TrainResult
 from coinfer.server.dekd.distill import kd_loss
-from coinfer.server.dekd.fusion import DeViTFusion
+from coinfer.core.models.fusion import DeViTFusion
 from coinfer.server.dekd.loop import LoopConfig, train_indexed
 from coinfer.server.dekd.targets import TeacherTargets
 

@@ -42,7 +42,7 @@ from coinfer.server.dekd.ensemble import (
     strip_head,
     train_ensemble,
 )
-from coinfer.server.dekd.fusion import DeViTFusion, FusionConfig
+from coinfer.core.models.fusion import DeViTFusion, FusionConfig
 from coinfer.server.dekd.latency import bound, measure_interleaved
 from coinfer.server.dekd.parallel import broadcast_, is_main
 from coinfer.server.dekd.prune import PrunePlan, build_pruned_vit, unit_importance

@@ -6,7 +6,8 @@ Modules, in the order `coinfer split` uses them:
 * ``sizing``: how big each latent is (compression target in real codec bytes, or element reduction);
 * ``train``: bottleneck training with the backbone frozen, codec-faithful evaluation, joint fine-tuning;
 * ``pipeline``: the whole `coinfer split` run; ``bundle``: the parts it writes; ``report``: report.json;
-* ``targets``, ``plots``, ``bench``: the benchmark and its rate-accuracy plots; ``cli``: the command.
+* ``cli``: the command. The benchmark, its targets and its rate-accuracy plots are in ``coinfer.bench``
+  (``split``, ``split_targets``, ``split_plots``).
 
 The bottleneck modules themselves live in ``coinfer.core.models.autoencoders`` and the code that
 runs a split bundle (device half, wire bytes, server half) in ``coinfer.core.split_runtime``.

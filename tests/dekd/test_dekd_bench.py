@@ -4,7 +4,7 @@ import json
 from dataclasses import replace
 
 from coinfer.core.data import load_dataset
-from coinfer.server.dekd.bench import QUICK, _teacher, run_benchmark
+from coinfer.bench.dekd import QUICK, _teacher, run_benchmark
 
 
 def test_the_benchmark_reports_every_target_beside_devits_figure(tmp_path, capsys):

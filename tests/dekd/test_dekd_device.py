@@ -10,8 +10,8 @@ import torch
 
 from coinfer.cli import build_parser, main
 from coinfer.core.models.vit import VisionTransformer
-from coinfer.server.dekd import bench
-from coinfer.server.dekd.bench import QUICK, _teacher, teacher_cache_key
+from coinfer.bench import dekd as bench
+from coinfer.bench.dekd import QUICK, _teacher, teacher_cache_key
 from coinfer.server.dekd.teacher import load_teacher, save_teacher
 
 from dekd_configs import tiny_vit_config

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from coinfer.core.errors import InvalidInput
-from coinfer.server.dekd.fusion import ARCH, DeViTFusion, FusionConfig, build_fusion
+from coinfer.core.models.fusion import ARCH, DeViTFusion, FusionConfig, build_fusion
 
 
 @pytest.fixture

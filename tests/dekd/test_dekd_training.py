@@ -14,7 +14,7 @@ from coinfer.server.dekd.ensemble import (
     strip_head,
     train_ensemble,
 )
-from coinfer.server.dekd.fusion import DeViTFusion, FusionConfig
+from coinfer.core.models.fusion import DeViTFusion, FusionConfig
 from coinfer.server.dekd.loop import LoopConfig
 from coinfer.server.dekd.prune import architecture_cost, build_pruned_vit, plan_pruning, unit_importance
 from coinfer.server.dekd.targets import compute_targets, token_relation

@@ -277,7 +277,7 @@ def test_systemd_units_parse_with_their_example_environment(unit_name, env_name,
 
 
 def test_token_environment_variable_is_what_the_cli_reads(monkeypatch):
-    from coinfer.protos.cli_options import read_token
+    from coinfer.serving.cli_options import read_token
 
     monkeypatch.setenv("COINFER_TOKEN", "t0ken")
     assert read_token(None) == "t0ken"

@@ -18,14 +18,14 @@ from reliability_helpers import DEVIT_MODEL, MAX_MESSAGE_BYTES, SPLIT_MODEL, Clu
 
 @pytest.fixture(scope="session")
 def split_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    from coinfer.server.runtime_bundles import SplitBundleConfig, build_split_bundle
+    from coinfer.bench.fixtures import SplitBundleConfig, build_split_bundle
 
     return build_split_bundle(tmp_path_factory.mktemp("rel-split") / "rel-split", SplitBundleConfig(model_name=SPLIT_MODEL))
 
 
 @pytest.fixture(scope="session")
 def devit_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    from coinfer.server.runtime_bundles import DeViTBundleConfig, build_devit_bundle
+    from coinfer.bench.fixtures import DeViTBundleConfig, build_devit_bundle
 
     return build_devit_bundle(tmp_path_factory.mktemp("rel-devit") / DEVIT_MODEL, DeViTBundleConfig(num_devices=2))
 
@@ -42,7 +42,7 @@ def images() -> np.ndarray:
 def cluster(split_bundle, devit_bundle, tmp_path_factory):
     from coinfer.edge.daemon import EdgeConfig
     from coinfer.edge.serve import start_edge
-    from coinfer.protos.serving import ServerOptions
+    from coinfer.serving.server import ServerOptions
     from coinfer.server.coordinator import CoordinatorConfig
     from coinfer.server.devit_service import DeViTServeConfig
     from coinfer.server.serve import start_coordinator

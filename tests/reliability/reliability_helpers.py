@@ -30,7 +30,7 @@ class Cluster:
 
 def wait_whole(address: str, timeout_s: float = 60.0) -> None:
     """Block until both models answer at ``address`` without degradation or fallback."""
-    from coinfer.server.client import InferenceClient
+    from coinfer.serving.client import InferenceClient
 
     image = np.zeros((1, 1, 8, 8), np.uint8)
     deadline = time.monotonic() + timeout_s

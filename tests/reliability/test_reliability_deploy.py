@@ -156,7 +156,7 @@ def test_hostile_bundle_and_part_names_from_a_coordinator_are_refused(part, tmp_
 def test_a_part_changed_on_the_coordinators_disk_never_reaches_a_device(devit_bundle, tmp_path) -> None:
     from coinfer.edge.daemon import EdgeConfig
     from coinfer.edge.serve import start_edge
-    from coinfer.protos.serving import ServerOptions
+    from coinfer.serving.server import ServerOptions
     from coinfer.server.coordinator import CoordinatorConfig
     from coinfer.server.serve import start_coordinator
 

@@ -210,7 +210,7 @@ def test_a_part_config_with_a_malformed_segment_is_refused(split_bundle, tmp_pat
 
 
 def test_a_segment_on_an_autoencoder_part_is_refused(split_bundle, tmp_path) -> None:
-    from coinfer.protos.parts import load_part_module
+    from coinfer.serving.parts import load_part_module
 
     path = tmp_path / "b"
     shutil.copytree(split_bundle.path, path)

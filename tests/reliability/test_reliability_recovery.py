@@ -1,7 +1,7 @@
 """Recovery after a coordinator restart: edges keep answering meanwhile and re-register by themselves.
 
 The benchmark measures the same thing with real processes and longer outages (see
-`coinfer.server.reliability_bench`); here the outage is short so the test stays quick.
+`coinfer.bench.reliability`); here the outage is short so the test stays quick.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import grpc
 import pytest
 
-from coinfer.protos.security import open_channel
+from coinfer.serving.security import open_channel
 
 from reliability_helpers import SPLIT_MODEL
 
@@ -23,8 +23,8 @@ REREGISTER_TARGET_S = 5.0
 def test_edges_answer_alone_during_a_coordinator_outage_and_re_register_after_it(split_bundle, images, tmp_path) -> None:
     from coinfer.edge.daemon import EdgeConfig
     from coinfer.edge.serve import start_edge
-    from coinfer.protos.serving import ServerOptions
-    from coinfer.server.client import InferenceClient
+    from coinfer.serving.server import ServerOptions
+    from coinfer.serving.client import InferenceClient
     from coinfer.server.coordinator import CoordinatorConfig
     from coinfer.server.serve import start_coordinator
 

@@ -1,4 +1,4 @@
-"""Every malformed-request case of `coinfer.server.malformed` against every daemon that serves it.
+"""Every malformed-request case of `coinfer.bench.malformed` against every daemon that serves it.
 
 Each case is sent three times (three seeds) to every front door of the in-process cluster that
 serves its method; each answer must be the case's precise status with a message, and after
@@ -17,9 +17,9 @@ import pytest
 
 from coinfer.core.codec import tensor_from_raw
 from coinfer.protos import inference_pb2 as pb
-from coinfer.protos.security import open_channel
-from coinfer.server.malformed import CASES, FuzzTarget, target_from_bundles, valid_infer
-from coinfer.server.raw_calls import send
+from coinfer.serving.security import open_channel
+from coinfer.bench.malformed import CASES, FuzzTarget, target_from_bundles, valid_infer
+from coinfer.bench.raw_calls import send
 
 from reliability_helpers import DEVIT_MODEL, MAX_MESSAGE_BYTES, SPLIT_MODEL
 
@@ -96,7 +96,7 @@ def _dummy_target() -> FuzzTarget:
 
 def test_an_undecodable_message_is_answered_by_grpc_and_the_daemon_lives_on(cluster, targets) -> None:
     """gRPC itself refuses bytes that are not a message (before coinfer sees them); nothing breaks."""
-    from coinfer.server.malformed import CASES_BY_NAME
+    from coinfer.bench.malformed import CASES_BY_NAME
 
     with open_channel(cluster.coordinator.address) as channel:
         call = CASES_BY_NAME["undecodable"].make(targets["coordinator"], random.Random(0))
@@ -106,7 +106,7 @@ def test_an_undecodable_message_is_answered_by_grpc_and_the_daemon_lives_on(clus
 
 
 def test_an_empty_batch_gets_the_same_answer_from_every_front_door(cluster) -> None:
-    from coinfer.server.client import InferenceClient
+    from coinfer.serving.client import InferenceClient
 
     empty = np.zeros((0, 1, 8, 8), np.uint8)
     with InferenceClient(cluster.coordinator.address, timeout_s=DEADLINE_S) as client:

@@ -22,9 +22,9 @@ from coinfer.core.codec import DATATYPES, encode, tensor_from_raw, to_bytes
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import inference_pb2 as pb
 from coinfer.protos.oip import build_infer_request
-from coinfer.protos.security import open_channel
-from coinfer.server.malformed import target_from_bundles, valid_infer
-from coinfer.server.raw_calls import COORDINATOR, EDGE, OIP, MalformedCall, send
+from coinfer.serving.security import open_channel
+from coinfer.bench.malformed import target_from_bundles, valid_infer
+from coinfer.bench.raw_calls import COORDINATOR, EDGE, OIP, MalformedCall, send
 
 from reliability_helpers import DEVIT_MODEL, MAX_MESSAGE_BYTES, SPLIT_MODEL
 
@@ -250,7 +250,7 @@ def test_random_run_submodel_requests(data, role, cluster, channels) -> None:
 
 @pytest.fixture(scope="module")
 def scheduled(split_bundle, devit_bundle):
-    from coinfer.protos.serving import ServerOptions
+    from coinfer.serving.server import ServerOptions
     from coinfer.server.coordinator import CoordinatorConfig
     from coinfer.server.scheduler import SchedulerConfig
     from coinfer.server.serve import start_coordinator

@@ -20,7 +20,7 @@ import pytest
 
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import inference_pb2 as pb
-from coinfer.protos.security import ClientSecurity, ServerSecurity, open_channel
+from coinfer.serving.security import ClientSecurity, ServerSecurity, open_channel
 
 from reliability_helpers import DEVIT_MODEL, SPLIT_MODEL, wait_whole
 
@@ -57,7 +57,7 @@ def _call(channel: grpc.Channel, path: str, client_streaming: bool, server_strea
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
-    from coinfer.server.certs import init_certs
+    from coinfer.serving.certs import init_certs
 
     return init_certs(tmp_path_factory.mktemp("certs")), init_certs(tmp_path_factory.mktemp("other-ca"))
 
@@ -67,7 +67,7 @@ def locked(certs, split_bundle, devit_bundle, tmp_path_factory):
     """A coordinator and one edge, both with mutual TLS and the token; {role: address}."""
     from coinfer.edge.daemon import EdgeConfig
     from coinfer.edge.serve import start_edge
-    from coinfer.protos.serving import ServerOptions
+    from coinfer.serving.server import ServerOptions
     from coinfer.server.coordinator import CoordinatorConfig
     from coinfer.server.serve import start_coordinator
 
@@ -80,7 +80,7 @@ def locked(certs, split_bundle, devit_bundle, tmp_path_factory):
     try:
         edge = start_edge(EdgeConfig(name="locked-0", coordinator=coordinator.address, address="", cache_dir=tmp_path_factory.mktemp("locked"), security=peer), options)
         user = ClientSecurity(ca_file=ours.ca_cert, cert_file=ours.client_cert, key_file=ours.client_key, token=TOKEN)
-        from coinfer.server.client import InferenceClient
+        from coinfer.serving.client import InferenceClient
 
         for address in (coordinator.address, edge.address):
             with InferenceClient(address, user, timeout_s=DEADLINE_S) as client:
@@ -147,7 +147,7 @@ def test_an_edge_that_trusts_another_ca_never_registers(certs, split_bundle, tmp
 
     from coinfer.edge.daemon import EdgeConfig
     from coinfer.edge.serve import start_edge
-    from coinfer.protos.serving import ServerOptions
+    from coinfer.serving.server import ServerOptions
     from coinfer.server.serve import start_coordinator
 
     ours, other = certs
@@ -229,7 +229,7 @@ def test_no_loader_unpickles(no_unpickling, split_bundle, devit_bundle, tmp_path
     from coinfer.core.data import FASHION_MNIST_DIRS, load_dataset
     from coinfer.core.profile import load_profile
     from coinfer.edge.part_cache import PartCache
-    from coinfer.protos.parts import load_part_module
+    from coinfer.serving.parts import load_part_module
     from coinfer.rl.policy import load_policy
     from coinfer.rl.scenario import load_scenario
     from coinfer.server.catalog import ModelCatalog
@@ -281,14 +281,14 @@ def test_the_running_daemons_never_unpickle(no_unpickling, cluster, images) -> N
 
     from coinfer.edge.daemon import EdgeConfig
     from coinfer.edge.serve import start_edge
-    from coinfer.protos.serving import ServerOptions
+    from coinfer.serving.server import ServerOptions
 
     with tempfile.TemporaryDirectory() as cache:
         edge = start_edge(EdgeConfig(name="pickle-free", coordinator=cluster.coordinator.address, address="", cache_dir=Path(cache)),
                           ServerOptions(listen="127.0.0.1:0", grace_s=0.2))
         try:
             wait_whole(edge.address)
-            from coinfer.server.client import InferenceClient
+            from coinfer.serving.client import InferenceClient
 
             with InferenceClient(edge.address, timeout_s=DEADLINE_S) as client:
                 for model in (SPLIT_MODEL, DEVIT_MODEL):

@@ -7,7 +7,7 @@ import pytest
 
 from coinfer.core.errors import InvalidInput
 from coinfer.rl.baselines import GreedyPolicy
-from coinfer.rl.evaluate import evaluate_policy
+from coinfer.rl.evaluation import evaluate_policy
 from coinfer.rl.policy import Policy, load_policy, make_policy
 from coinfer.rl.scenario import load_scenario
 from coinfer.rl.search import coordinate_search, evaluate_fixed_actions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from coinfer.rl import bench
+from coinfer.bench import rl as bench
 
 
 def test_bench_conformance_section_passes(capsys):

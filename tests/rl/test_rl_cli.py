@@ -66,7 +66,7 @@ def _captured_train_config(monkeypatch, module: str, function: str, argv: list[s
 
 
 def test_train_without_sizes_repeats_the_bench_configuration(monkeypatch, tmp_path):
-    # The bench builds its configurations from the defaults (rl/bench.py), so the command must too:
+    # The bench builds its configurations from the defaults (bench/rl.py), so the command must too:
     # `coinfer rl train --seed K` is how a user repeats one of the bench's runs.
     from dataclasses import asdict
 

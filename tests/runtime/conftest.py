@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coinfer.core.bundle import Bundle
-from coinfer.server.skeleton import SkeletonConfig, build_skeleton_bundle
+from coinfer.skeleton import SkeletonConfig, build_skeleton_bundle
 
 # Small and quick: the tests compare the runtime with the same model run in-process, so
 # accuracy only has to be good enough for logits to have clear winners.
@@ -58,7 +58,7 @@ def digits_test():
 @pytest.fixture(scope="session")
 def split_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     """A multi-point (coinfer.split/1) bundle: resnet18 x0.25 with a bottleneck at points 1..4."""
-    from coinfer.server.runtime_bundles import SplitBundleConfig, build_split_bundle
+    from coinfer.bench.fixtures import SplitBundleConfig, build_split_bundle
 
     return build_split_bundle(tmp_path_factory.mktemp("split") / "split-bundle", SplitBundleConfig(model_name="digits-split"))
 
@@ -66,7 +66,7 @@ def split_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 @pytest.fixture(scope="session")
 def devit_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     """A DeViT bundle: 4 tiny sub-models and a fusion head."""
-    from coinfer.server.runtime_bundles import DeViTBundleConfig, build_devit_bundle
+    from coinfer.bench.fixtures import DeViTBundleConfig, build_devit_bundle
 
     return build_devit_bundle(tmp_path_factory.mktemp("devit") / "digits-devit", DeViTBundleConfig(num_devices=4))
 

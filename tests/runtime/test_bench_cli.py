@@ -1,4 +1,4 @@
-"""The command line the runtime and reliability benchmarks share (`coinfer.server.bench_cli`)."""
+"""The command line the runtime and reliability benchmarks share (`coinfer.bench.script`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from coinfer.core.errors import InvalidInput
-from coinfer.server.bench_cli import bench_main, machine_snapshot, write_report
+from coinfer.bench.script import bench_main, machine_snapshot, write_report
 
 
 def _main(argv: list[str], run) -> int:

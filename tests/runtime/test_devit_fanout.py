@@ -19,7 +19,7 @@ from coinfer.core.codec import tensor_to_raw
 from coinfer.core.errors import Unavailable
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
-from coinfer.protos.oip_service import InferCall
+from coinfer.serving.oip_service import InferCall
 from coinfer.server.devit_service import DeViTServeConfig, DeViTServing, Holder
 
 

@@ -21,9 +21,9 @@ from coinfer.edge.serve import start_edge
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
 from coinfer.protos.oip import build_infer_request
-from coinfer.protos.security import open_channel
-from coinfer.protos.serving import ServerOptions
-from coinfer.server.client import InferenceClient
+from coinfer.serving.security import open_channel
+from coinfer.serving.server import ServerOptions
+from coinfer.serving.client import InferenceClient
 from coinfer.server.coordinator import CoordinatorConfig
 from coinfer.server.devit_service import DeViTServeConfig
 from coinfer.server.serve import start_coordinator

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from coinfer.server import runtime_bench
+from coinfer.bench import runtime as runtime_bench
 
 
 class FakeClock:

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from coinfer.core.errors import CoinferError, Unavailable
-from coinfer.server.client import InferenceClient
+from coinfer.serving.client import InferenceClient
 from coinfer.server.deployment import SplitDeployment
-from coinfer.server.processes import DaemonProcess, coinfer_command
+from coinfer.bench.processes import DaemonProcess, coinfer_command
 
 pytestmark = pytest.mark.slow
 DEADLINE_S = 20.0

@@ -15,10 +15,10 @@ from coinfer.core.errors import FailedPrecondition
 from coinfer.edge.daemon import EdgeConfig
 from coinfer.edge.serve import start_edge
 from coinfer.protos import inference_pb2 as pb
-from coinfer.protos.security import ClientSecurity, ServerSecurity
-from coinfer.protos.serving import ServerOptions
-from coinfer.server.certs import init_certs
-from coinfer.server.client import InferenceClient
+from coinfer.serving.security import ClientSecurity, ServerSecurity
+from coinfer.serving.server import ServerOptions
+from coinfer.serving.certs import init_certs
+from coinfer.serving.client import InferenceClient
 from coinfer.server.coordinator import CoordinatorConfig
 from coinfer.server.serve import start_coordinator
 

@@ -69,7 +69,7 @@ def test_a_failing_shaper_is_logged_and_scheduling_goes_on(split_catalog, make_c
 
 def test_a_shaper_needs_a_scheduler(split_bundle) -> None:
     from coinfer.core.errors import InvalidInput
-    from coinfer.protos.serving import ServerOptions
+    from coinfer.serving.server import ServerOptions
     from coinfer.server.serve import start_coordinator
 
     with pytest.raises(InvalidInput, match="give a scheduler"):

@@ -13,8 +13,8 @@ import pytest
 from coinfer.core.split_runtime import encode_latent, load_split_plan
 from coinfer.edge.daemon import EdgeConfig
 from coinfer.edge.serve import start_edge
-from coinfer.protos.serving import ServerOptions
-from coinfer.server.client import InferenceClient
+from coinfer.serving.server import ServerOptions
+from coinfer.serving.client import InferenceClient
 from coinfer.server.coordinator import CoordinatorConfig
 from coinfer.server.registry import Decision
 from coinfer.server.serve import start_coordinator
@@ -90,7 +90,7 @@ def _device_half(bundle, point: int, images: np.ndarray) -> np.ndarray:
     import torch
 
     from coinfer.core.data import to_float
-    from coinfer.protos.parts import load_part_module
+    from coinfer.serving.parts import load_part_module
 
     head, encoder = (load_part_module(bundle, f"point{point}.{role}") for role in ("head", "encoder"))
     with torch.inference_mode():

@@ -18,8 +18,8 @@ import pytest
 
 from coinfer.protos import inference_pb2 as pb
 from coinfer.protos.oip import build_infer_request
-from coinfer.server.client import InferenceClient
-from coinfer.server.processes import DaemonProcess, coinfer_command
+from coinfer.serving.client import InferenceClient
+from coinfer.bench.processes import DaemonProcess, coinfer_command
 
 pytestmark = pytest.mark.slow
 DEADLINE_S = 10.0

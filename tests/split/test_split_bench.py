@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from coinfer.core.training import TrainConfig
-from coinfer.server.split.bench import BenchConfig, run_benchmark
-from coinfer.server.split.targets import Row, compression_target, equal_payload
+from coinfer.bench.split import BenchConfig, run_benchmark
+from coinfer.bench.split_targets import Row, compression_target, equal_payload
 from coinfer.server.split.train import BottleneckTrainConfig
 
 

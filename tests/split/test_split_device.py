@@ -20,7 +20,7 @@ from coinfer.core.errors import InvalidInput
 from coinfer.core.models import build_model
 from coinfer.server.split import sizing
 from coinfer.server.split.backbones import backbone_config
-from coinfer.server.split.bench import BenchConfig, _rows_key, _settings_key, build_parser, config_from_args
+from coinfer.bench.split import BenchConfig, _rows_key, _settings_key, build_parser, config_from_args
 from coinfer.server.split.train import (
     BottleneckTrainConfig,
     FinetuneConfig,
@@ -168,7 +168,7 @@ def test_the_device_is_not_part_of_the_cache_keys() -> None:
 
 @needs_no_gpu
 def test_bench_main_with_cuda_and_no_gpu_exits_2_before_any_work(tmp_path: Path, capsys) -> None:
-    from coinfer.server.split.bench import main
+    from coinfer.bench.split import main
 
     assert main(["--quick", "--device", "cuda", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err

@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from coinfer.server.testbed import Testbed, TestbedConfig, make_config
+from coinfer.testbed import Testbed, TestbedConfig, make_config
 
 
 @pytest.fixture

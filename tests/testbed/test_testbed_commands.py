@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from coinfer.server.testbed import Testbed, make_config
-from coinfer.server.testbed import netns
+from coinfer.testbed import Testbed, make_config
+from coinfer.testbed import netns
 
 
 @pytest.fixture

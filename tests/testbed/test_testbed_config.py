@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from coinfer.core.errors import FailedPrecondition, InvalidInput, NotFound
-from coinfer.server.testbed import RadioConfig, make_config, uplink_rate_bps
-from coinfer.server.testbed.state import TestbedState, read_state, write_state
+from coinfer.testbed import RadioConfig, make_config, uplink_rate_bps
+from coinfer.testbed.state import TestbedState, read_state, write_state
 
 
 def test_addresses_are_distinct_and_inside_the_subnet():
@@ -62,7 +62,7 @@ def test_power_to_rate_agrees_with_the_simulator():
     np = pytest.importorskip("numpy")
     from coinfer.rl.scenario import load_scenario
     from coinfer.rl.sim.channel import PathLossChannel, uplink_rates_bps
-    from coinfer.server.testbed import radio_from_scenario
+    from coinfer.testbed import radio_from_scenario
 
     network = load_scenario("mahppo-paper-resnet18").network
     radio = radio_from_scenario("mahppo-paper-resnet18")
@@ -93,7 +93,7 @@ def test_state_file_round_trips(tmp_path: Path):
 
 
 def test_missing_requirements_name_what_is_missing(monkeypatch):
-    from coinfer.server.testbed import netns
+    from coinfer.testbed import netns
 
     monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
     monkeypatch.setattr(netns.shutil, "which", lambda tool: None if tool == "tc" else "/usr/sbin/ip")

@@ -11,7 +11,7 @@ import pytest
 
 from coinfer.cli import main
 from coinfer.core.errors import FailedPrecondition, InvalidInput
-from coinfer.server.testbed import Testbed
+from coinfer.testbed import Testbed
 
 from testbed_helpers import measure_request_upload_ms, measure_upload_bps, needs_netns, run_probe, start_probe, unique_prefix
 

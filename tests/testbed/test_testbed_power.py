@@ -15,7 +15,7 @@ import pytest
 
 from coinfer.cli import main
 from coinfer.server.link_shaper import LinkDecision, TestbedLinkShaper, received_power_w
-from coinfer.server.testbed import Testbed, make_config, netns
+from coinfer.testbed import Testbed, make_config, netns
 
 from testbed_helpers import needs_netns
 
@@ -137,7 +137,7 @@ def test_a_lower_power_gives_a_lower_kernel_rate(testbed_factory):
 
 @pytest.fixture(scope="module")
 def split_bundle(tmp_path_factory):
-    from coinfer.server.runtime_bundles import SplitBundleConfig, build_split_bundle
+    from coinfer.bench.fixtures import SplitBundleConfig, build_split_bundle
 
     return build_split_bundle(tmp_path_factory.mktemp("split") / "split-bundle", SplitBundleConfig(model_name="digits-split"))
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from coinfer.server.testbed.relay import READY_PREFIX, stall_probability
+from coinfer.testbed.relay import READY_PREFIX, stall_probability
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def echo_port() -> Iterator[int]:
 
 def start_relay(target_port: int, *extra: str) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coinfer.server.testbed.relay", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "coinfer.testbed.relay", "--listen", "127.0.0.1:0",
          "--target", f"127.0.0.1:{target_port}", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from coinfer.server.processes import DaemonProcess, coinfer_command
-from coinfer.server.testbed import Testbed
+from coinfer.bench.processes import DaemonProcess, coinfer_command
+from coinfer.testbed import Testbed
 
 from testbed_helpers import needs_netns, wait_line
 
@@ -35,7 +35,7 @@ DELAY_MS = [0.0, 5.0]
 CLIENT = textwrap.dedent("""
     import json, sys
     from coinfer.core.data import load_dataset
-    from coinfer.server.client import InferenceClient
+    from coinfer.serving.client import InferenceClient
 
     model = sys.argv[1]
     images = load_dataset("digits", seed=0).test.x[:int(sys.argv[2])]
@@ -55,7 +55,7 @@ CLIENT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from coinfer.server.skeleton import SkeletonConfig, build_skeleton_bundle
+    from coinfer.skeleton import SkeletonConfig, build_skeleton_bundle
 
     # Accuracy is irrelevant here: one epoch of the thin skeleton carries the bytes.
     return build_skeleton_bundle(tmp_path_factory.mktemp("tb-skeleton") / "bundle",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from coinfer.server.testbed import Testbed, make_config
-from coinfer.server.testbed import netns as nt
+from coinfer.testbed import Testbed, make_config
+from coinfer.testbed import netns as nt
 
 from testbed_helpers import needs_netns, netns_names, pid_alive, unique_prefix
 
@@ -61,7 +61,7 @@ def test_down_removes_namespaces_links_qdiscs_and_processes(tmp_path):
 CRASH_MID_UP = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from coinfer.server.testbed import Testbed, make_config, netns
+    from coinfer.testbed import Testbed, make_config, netns
 
     crash_at, calls, real_run = int(sys.argv[3]), [0], netns.run
 
@@ -93,7 +93,7 @@ def test_down_after_a_crash_in_the_middle_of_up(tmp_path, crash_at):
 CRASH_AFTER_UP = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from coinfer.server.testbed import Testbed, make_config
+    from coinfer.testbed import Testbed, make_config
 
     tb = Testbed.up(make_config(2, prefix=sys.argv[1], state_dir=Path(sys.argv[2]), delay_ms=[10, 0]))
     tb.reach_server(0, 7101)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import pytest
 
-from coinfer.server.testbed import Testbed, missing_requirements
+from coinfer.testbed import Testbed, missing_requirements
 
 PROBE = str(Path(__file__).with_name("netprobe.py"))
 PROBE_WAIT_S = 20.0

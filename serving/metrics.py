@@ -16,9 +16,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from coinfer.core.errors import FailedPrecondition, InvalidInput
-from coinfer.protos.oip_service import RequestObserver
-from coinfer.protos.security import ServerSecurity
-from coinfer.protos.serving import is_loopback
+from coinfer.serving.oip_service import RequestObserver
+from coinfer.serving.security import ServerSecurity
+from coinfer.serving.server import is_loopback
 
 log = logging.getLogger(__name__)
 

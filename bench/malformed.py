@@ -2,7 +2,7 @@
 
 Each case builds one request from a `FuzzTarget` (the models, shapes and parts a deployment
 serves) and a seeded random generator, and names the status codes that count as a precise
-refusal. Requests are serialised bytes sent over generic calls (`coinfer.server.raw_calls`), so a
+refusal. Requests are serialised bytes sent over generic calls (`coinfer.bench.raw_calls`), so a
 case can also send bytes that are not a valid message at all. The reliability tests run every
 case against in-process daemons; the reliability benchmark draws ten thousand of them against
 real processes.
@@ -27,7 +27,7 @@ from coinfer.core.codec import encode, to_bytes
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import inference_pb2 as pb
 from coinfer.protos.oip import build_infer_request
-from coinfer.server.raw_calls import COORDINATOR, EDGE, OIP, Code, MalformedCall
+from coinfer.bench.raw_calls import COORDINATOR, EDGE, OIP, Code, MalformedCall
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Network faults under a running deployment, on the testbed (root, `ip` and `tc` only).
 
 The coordinator runs in the testbed's server namespace and one edge daemon in each device's,
-each over its own shaped veth link; a request stream (`python -m coinfer.server.faults`) runs in
+each over its own shaped veth link; a request stream (`python -m coinfer.bench.faults`) runs in
 the server namespace, where clients are. While it runs, device 0's link is cut (its server-side
 end set down, as a pulled cable) and restored, device 1's link is throttled in both directions
 and restored, and device 2's link has delay and loss throughout (netem where the kernel has it,
@@ -36,10 +36,10 @@ def _wait_line(proc: subprocess.Popen, timeout_s: float) -> str:
 
 def run_network_faults(bundles: tuple[Path, Path], run_dir: Path, *, step_s: float = 10.0, deadline_s: float = 5.0) -> dict[str, Any]:
     """Bring a 4-device testbed up, run the stream through the faults, tear everything down; the figures."""
-    from coinfer.server.faults import OUTCOMES, summarise
-    from coinfer.server.processes import DaemonProcess, coinfer_command
-    from coinfer.server.testbed import Testbed, make_config, netns
-    from coinfer.server.testbed.config import server_iface
+    from coinfer.bench.faults import OUTCOMES, summarise
+    from coinfer.bench.processes import DaemonProcess, coinfer_command
+    from coinfer.testbed import Testbed, make_config, netns
+    from coinfer.testbed.config import server_iface
 
     run_dir.mkdir(parents=True, exist_ok=True)
     config = make_config(
@@ -78,7 +78,7 @@ def run_network_faults(bundles: tuple[Path, Path], run_dir: Path, *, step_s: flo
         out = run_dir / "stream.json"
         out.unlink(missing_ok=True)
         client = tb.exec_in_server(
-            [sys.executable, "-m", "coinfer.server.faults", "--coordinator", f"{tb.server_address}:{COORDINATOR_PORT}",
+            [sys.executable, "-m", "coinfer.bench.faults", "--coordinator", f"{tb.server_address}:{COORDINATOR_PORT}",
              "--devit-model", DEVIT, *[a for e in edges for a in ("--edge", e)], "--split-model", SPLIT, "--devit-clients", "2",
              "--deadline-s", str(deadline_s), "--duration-s", str(duration_s), "--wait-ready-s", "240", "--out", str(out)],
             stdout=subprocess.PIPE, stderr=stream_log, text=True,
@@ -117,7 +117,7 @@ def run_network_faults(bundles: tuple[Path, Path], run_dir: Path, *, step_s: flo
             statuses = dict(zip([d.name for d in daemons], pool.map(lambda d: d.stop(), daemons)))
         tb.down()
         stream_log.close()
-    from coinfer.server.faults import RequestRecord
+    from coinfer.bench.faults import RequestRecord
 
     records = [RequestRecord(**r) for r in data["records"]]
     by_target = {}

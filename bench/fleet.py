@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from coinfer.core.errors import Unavailable
-from coinfer.server.processes import DaemonProcess, coinfer_command
+from coinfer.bench.processes import DaemonProcess, coinfer_command
 
 
 class Fleet:
@@ -64,7 +64,7 @@ class Fleet:
 
     def wait_ready(self, devit_models: Sequence[str], split_model: str | None, image: np.ndarray, timeout_s: float = 120.0) -> float:
         """Block until everything answers whole; returns the seconds it took."""
-        from coinfer.server.client import InferenceClient
+        from coinfer.serving.client import InferenceClient
 
         started = time.monotonic()
         deadline = started + timeout_s

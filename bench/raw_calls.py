@@ -1,6 +1,6 @@
 """Raw gRPC calls: a request as serialised bytes, the statuses that answer it precisely, and sending it.
 
-The malformed-request catalogue (`coinfer.server.malformed`) builds `MalformedCall`s; the
+The malformed-request catalogue (`coinfer.bench.malformed`) builds `MalformedCall`s; the
 reliability tests and benchmark send them with `send`, which goes through generic calls so that
 bytes that are not a valid message at all can be sent too, and reads every answer as an `Outcome`.
 """

@@ -18,7 +18,7 @@ Every training run and baseline evaluation is planned first and run by ``jobs`` 
 worker processes (default: one per core), longest first; the sections then read the results.
 ``quick`` shrinks every budget to a smoke run (minutes); the figures then say nothing about quality.
 
-    python -m coinfer.rl.bench --out runs/bench/rl [--quick] [--jobs J]
+    python -m coinfer.bench.rl --out runs/bench/rl [--quick] [--jobs J]
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ def _take_lock(lock: Path) -> bool:
 
 
 def _train_run(algo: str, scenario: str, seed: int, steps: int, eval_every: int, out: Path, overrides: dict) -> None:
-    from coinfer.rl.evaluate import evaluate_policy
+    from coinfer.rl.evaluation import evaluate_policy
     from coinfer.rl.mahppo import MahppoConfig, train_mahppo
     from coinfer.rl.policy import load_policy
     from coinfer.rl.sb3_ppo import Sb3PpoConfig, train_sb3_ppo
@@ -346,7 +346,7 @@ def _train_run(algo: str, scenario: str, seed: int, steps: int, eval_every: int,
 
 
 def _baselines_cached(scenario, out: Path, search_options: dict) -> dict:
-    from coinfer.rl.evaluate import evaluate_policy
+    from coinfer.rl.evaluation import evaluate_policy
     from coinfer.rl.policy import make_policy
 
     path = out / "baselines.json"
@@ -433,7 +433,7 @@ def bench_schedulers(budget: Budget, out_dir: Path, targets: Targets, seeds: dic
 
 
 def bench_sweeps(budget: Budget, out_dir: Path, targets: Targets) -> dict:
-    from coinfer.rl.evaluate import evaluate_policy
+    from coinfer.rl.evaluation import evaluate_policy
     from coinfer.rl.mahppo import MahppoConfig
     from coinfer.rl.policy import make_policy
 
@@ -559,7 +559,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coinfer.rl.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m coinfer.bench.rl", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench/rl", help="output folder")
     parser.add_argument("--quick", action="store_true", help="smoke budgets (minutes)")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes for the training runs (default: one per core)")

@@ -9,7 +9,7 @@ lost segment: the stream stalls until the retransmission, one RTO later. So each
 stalls its direction by ``rto_ms`` with probability 1 - (1 - loss)^ceil(n / 1448), and later chunks
 wait behind it (TCP delivers in order).
 
-Run as ``python -m coinfer.server.testbed.relay --listen H:P --target H:P [--delay-ms D]
+Run as ``python -m coinfer.testbed.relay --listen H:P --target H:P [--delay-ms D]
 [--loss-pct L] [--rto-ms R] [--seed S]``; it prints ``READY host:port`` once listening (port 0
 picks a free port), then serves until SIGTERM.
 """
@@ -160,7 +160,7 @@ def _parse_endpoint(text: str) -> tuple[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m coinfer.server.testbed.relay", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m coinfer.testbed.relay", description=__doc__.split("\n")[0])
     p.add_argument("--listen", type=_parse_endpoint, required=True)
     p.add_argument("--target", type=_parse_endpoint, required=True)
     p.add_argument("--delay-ms", type=float, default=0.0)

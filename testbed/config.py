@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from coinfer.core.errors import InvalidInput
-from coinfer.server.testbed.channel import RadioConfig
+from coinfer.testbed.channel import RadioConfig
 
 DEFAULT_STATE_DIR = Path("/run/coinfer-testbed")
 DEFAULT_PREFIX = "coinfer"

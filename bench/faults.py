@@ -14,7 +14,7 @@ every request ended:
   answer, a client-side exception. The target is zero.
 
 `RssSampler` records the resident memory of daemon processes while the stream runs. The stream
-also runs as a program (``python -m coinfer.server.faults``), which is how the testbed
+also runs as a program (``python -m coinfer.bench.faults``), which is how the testbed
 benchmark drives it from inside a network namespace.
 """
 
@@ -145,7 +145,7 @@ class RequestStream:
 
         from coinfer.protos import inference_pb2_grpc as pb_grpc
         from coinfer.protos.oip import build_infer_request, infer_response_outputs, parameters_from_proto
-        from coinfer.protos.security import open_channel
+        from coinfer.serving.security import open_channel
 
         rng = random.Random(self.config.seed * 1000 + k)
         deadline_s = self.config.deadline_s
@@ -271,7 +271,7 @@ def wait_whole(coordinator: str | None, devit_model: str | None, edges: Iterable
                image: np.ndarray, timeout_s: float) -> float:
     """Block until DeViT answers without a missing device and every edge answers without falling back; seconds taken."""
     from coinfer.core.errors import CoinferError, Unavailable
-    from coinfer.server.client import InferenceClient
+    from coinfer.serving.client import InferenceClient
 
     started = time.monotonic()
     targets = ([(coordinator, devit_model, "degraded")] if coordinator and devit_model else [])
@@ -292,7 +292,7 @@ def wait_whole(coordinator: str | None, devit_model: str | None, edges: Iterable
 
 def main(argv: list[str] | None = None) -> int:
     """Run one stream and write its records and summary as JSON (used inside testbed namespaces)."""
-    p = argparse.ArgumentParser(prog="python -m coinfer.server.faults", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m coinfer.bench.faults", description=__doc__.split("\n")[0])
     p.add_argument("--coordinator", help="coordinator front door for DeViT requests")
     p.add_argument("--devit-model")
     p.add_argument("--edge", action="append", default=[], help="edge front door for split requests (repeat)")

@@ -1,6 +1,6 @@
 """DEKD benchmark: the issue's targets on Fashion-MNIST with N = 4, against DeViT's figures.
 
-    python -m coinfer.server.dekd.bench --out runs/bench/dekd [--quick] [--threads N] [--fresh]
+    python -m coinfer.bench.dekd --out runs/bench/dekd [--quick] [--threads N] [--fresh]
         [--teacher-device cpu|cuda|auto] [--teacher-epochs N]
 
 Runs, all from one teacher (trained first, or reused from OUT/teacher unless --fresh):
@@ -283,7 +283,7 @@ def format_table(rows: list[TargetRow], wall_s: float, teacher_s: float, teacher
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coinfer.server.dekd.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m coinfer.bench.dekd", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench/dekd"), help="output folder (default runs/bench/dekd)")
     parser.add_argument("--quick", action="store_true", help="digits, few epochs: minutes instead of most of an hour")
     parser.add_argument("--fresh", action="store_true", help="retrain the teacher even if OUT/teacher matches")

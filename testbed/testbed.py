@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from coinfer.core.errors import FailedPrecondition, InvalidInput
-from coinfer.server.testbed import netns
-from coinfer.server.testbed.channel import uplink_rate_bps
-from coinfer.server.testbed.config import (
+from coinfer.testbed import netns
+from coinfer.testbed.channel import uplink_rate_bps
+from coinfer.testbed.config import (
     DEFAULT_PREFIX,
     DEFAULT_STATE_DIR,
     DEVICE_IFACE,
     TestbedConfig,
     server_iface,
 )
-from coinfer.server.testbed.state import (
+from coinfer.testbed.state import (
     DelayMechanism,
     Direction,
     RelayRecord,
@@ -372,7 +372,7 @@ class Testbed:
                 return Endpoint(host, int(port))
         c, link = self.config, self.config.links[device_i]
         log_path = Path(c.state_dir) / f"{c.prefix}-relay-d{device_i}-{toward}-{target.port}.log"
-        argv = [sys.executable, "-m", "coinfer.server.testbed.relay", "--listen", str(listen),
+        argv = [sys.executable, "-m", "coinfer.testbed.relay", "--listen", str(listen),
                 "--target", str(target), "--delay-ms", f"{link.delay_ms:g}", "--loss-pct", f"{link.loss_pct:g}",
                 "--rto-ms", f"{c.relay_rto_ms:g}", "--seed", str(c.seed + 2 * device_i + (toward == "device"))]
         with open(log_path, "ab") as log:
@@ -441,7 +441,7 @@ def _port(port: int) -> int:
 def _read_ready(proc: subprocess.Popen, timeout_s: float) -> Endpoint | None:
     """The address a relay printed in its READY line, or None if it exited or stayed silent."""
     # Imported here: the package must not import the relay module, which runs with `python -m`.
-    from coinfer.server.testbed.relay import READY_PREFIX
+    from coinfer.testbed.relay import READY_PREFIX
 
     assert proc.stdout is not None  # internal: we always start relays with stdout=PIPE
     deadline = time.monotonic() + timeout_s

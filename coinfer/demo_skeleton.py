@@ -52,7 +52,7 @@ def _reference_logits(bundle, images: np.ndarray) -> np.ndarray:
 
 def stream_test_split(address: str, model_name: str, images: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> SkeletonReport:
     """Send each image as its own request, as a camera would, and summarise."""
-    from coinfer.server.client import InferenceClient
+    from coinfer.serving.client import InferenceClient
 
     predictions, latencies_ms, payloads, heads, tails = [], [], [], [], []
     with InferenceClient(address, timeout_s=10.0) as client:
@@ -84,8 +84,8 @@ def stream_test_split(address: str, model_name: str, images: np.ndarray, labels:
 def run_walking_skeleton(args: argparse.Namespace) -> int:
     """Entry point of `coinfer demo` (walking-skeleton stage)."""
     from coinfer.core.data import load_dataset
-    from coinfer.server.processes import DaemonProcess, coinfer_command
-    from coinfer.server.skeleton import SkeletonConfig, ensure_skeleton_bundle
+    from coinfer.bench.processes import DaemonProcess, coinfer_command
+    from coinfer.skeleton import SkeletonConfig, ensure_skeleton_bundle
 
     runs = Path(args.runs)
     work = runs / "skeleton"

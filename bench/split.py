@@ -16,7 +16,7 @@ nine MobileNetV2 bottlenecks alone took 30 minutes); ``--recon-steps 300 --disti
 kept in the output folder, so a rerun with the same settings skips what is done (an interrupted
 run resumes, on any device: the device is not part of the cache keys).
 
-    python -m coinfer.server.split.bench --out runs/bench/split [--quick] [--device cpu|cuda|auto]
+    python -m coinfer.bench.split --out runs/bench/split [--quick] [--device cpu|cuda|auto]
 
 On a GPU the worker processes share it; evaluation through the codec stays on the CPU.
 """
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from coinfer.core.training import TrainConfig
-from coinfer.server.split.targets import Row, compression_target, equal_payload
+from coinfer.bench.split_targets import Row, compression_target, equal_payload
 from coinfer.server.split.train import BottleneckTrainConfig
 
 PAPER_COMPRESSION = "32x-128x (MAHPPO's C/32 channels, 8-bit or less; accuracy cost not published)"
@@ -165,7 +165,7 @@ def bench_backbone(config: BenchConfig, name: str, splits, folder: Path) -> dict
     from coinfer.core.measure import accuracy, predict
     from coinfer.core.data import to_float
     from coinfer.server.split import sizing
-    from coinfer.server.split.plots import rate_accuracy_png
+    from coinfer.bench.split_plots import rate_accuracy_png
     from coinfer.server.split.train import compute_point_features, evaluate_bottleneck, train_bottleneck
 
     started = time.perf_counter()
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The benchmark's command line."""
     from coinfer.core.device import DEVICE_CHOICES
 
-    parser = argparse.ArgumentParser(prog="python -m coinfer.server.split.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m coinfer.bench.split", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/bench/split", help="output folder (JSON, PNGs, backbone weights)")
     parser.add_argument("--quick", action="store_true", help="digits, one backbone, short training")
     parser.add_argument("--backbones", default=None, help="comma list (default resnet18,vgg11,mobilenetv2)")

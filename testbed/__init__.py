@@ -4,10 +4,10 @@
 `coinfer testbed up|down|status|exec` drives it from the shell. Needs root, `ip` and `tc`.
 """
 
-from coinfer.server.testbed.channel import RadioConfig, radio_from_scenario, uplink_rate_bps
-from coinfer.server.testbed.config import LinkConfig, TestbedConfig, make_config
-from coinfer.server.testbed.netns import missing_requirements
-from coinfer.server.testbed.testbed import DownReport, Endpoint, Testbed, TestbedStatus
+from coinfer.testbed.channel import RadioConfig, radio_from_scenario, uplink_rate_bps
+from coinfer.testbed.config import LinkConfig, TestbedConfig, make_config
+from coinfer.testbed.netns import missing_requirements
+from coinfer.testbed.testbed import DownReport, Endpoint, Testbed, TestbedStatus
 
 __all__ = [
     "DownReport",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coinfer.server.split.targets import Row
+from coinfer.bench.split_targets import Row
 
 _STYLE = {"paper": ("tab:blue", "--", "o"), "ours": ("tab:red", "-", "s")}
 _ALPHA = {8: 1.0, 4: 0.7, 2: 0.45}

@@ -16,8 +16,8 @@ from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
 from coinfer.protos import inference_pb2 as pb
 from coinfer.protos import inference_pb2_grpc as pb_grpc
-from coinfer.protos.security import ClientSecurity, ServerSecurity, open_channel
-from coinfer.protos.serving import ServerOptions, ServiceBinding, split_host_port, start_server
+from coinfer.serving.security import ClientSecurity, ServerSecurity, open_channel
+from coinfer.serving.server import ServerOptions, ServiceBinding, split_host_port, start_server
 
 DEADLINE_S = 5.0
 RAISES = {
@@ -81,7 +81,7 @@ def test_domain_errors_become_their_status_code_with_the_message(server, model, 
 
 
 def test_unknown_errors_are_internal_generic_and_logged(server, caplog) -> None:
-    with caplog.at_level(logging.ERROR, logger="coinfer.protos.interceptors"):
+    with caplog.at_level(logging.ERROR, logger="coinfer.serving.interceptors"):
         with open_channel(server.address) as channel:
             with pytest.raises(grpc.RpcError) as info:
                 pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(pb.ModelInferRequest(model_name="bug"), timeout=DEADLINE_S)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from coinfer.core.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from coinfer.server.testbed import TestbedStatus
+    from coinfer.testbed import TestbedStatus
 
 
 def _float_list(text: str) -> list[float]:
@@ -25,7 +25,7 @@ def _float_list(text: str) -> list[float]:
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
-    from coinfer.server.testbed.config import DEFAULT_PREFIX, DEFAULT_STATE_DIR
+    from coinfer.testbed.config import DEFAULT_PREFIX, DEFAULT_STATE_DIR
 
     p.add_argument("--prefix", default=DEFAULT_PREFIX,
                    help=f"name prefix of the testbed's namespaces and state file (default {DEFAULT_PREFIX})")
@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from coinfer.server.testbed import Testbed, make_config, radio_from_scenario
+    from coinfer.testbed import Testbed, make_config, radio_from_scenario
 
     options: dict[str, object] = {"prefix": args.prefix, "state_dir": args.state_dir}
     if args.scenario:
@@ -115,7 +115,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from coinfer.server.testbed import Testbed
+    from coinfer.testbed import Testbed
 
     report = Testbed.teardown(args.prefix, args.state_dir)
     if args.json:
@@ -128,7 +128,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from coinfer.server.testbed import Testbed
+    from coinfer.testbed import Testbed
 
     status = Testbed.inspect(args.prefix, args.state_dir)
     if args.json:
@@ -161,7 +161,7 @@ def _print_status(s: "TestbedStatus") -> None:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from coinfer.server.testbed import Testbed
+    from coinfer.testbed import Testbed
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:

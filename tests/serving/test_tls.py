@@ -10,8 +10,8 @@ import pytest
 
 from coinfer.protos import inference_pb2 as pb
 from coinfer.protos import inference_pb2_grpc as pb_grpc
-from coinfer.protos.security import ClientSecurity, ServerSecurity, open_channel
-from coinfer.protos.serving import ServerOptions, ServiceBinding, start_server
+from coinfer.serving.security import ClientSecurity, ServerSecurity, open_channel
+from coinfer.serving.server import ServerOptions, ServiceBinding, start_server
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402

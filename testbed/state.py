@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from coinfer.core.errors import InvalidInput, NotFound
-from coinfer.server.testbed.channel import RadioConfig
-from coinfer.server.testbed.config import LinkConfig, TestbedConfig
+from coinfer.testbed.channel import RadioConfig
+from coinfer.testbed.config import LinkConfig, TestbedConfig
 
 DelayMechanism = Literal["netem", "relay", "none"]
 Direction = Literal["up", "down"]

@@ -19,11 +19,11 @@ from pathlib import Path
 
 # name -> module with run_benchmark(out_dir, quick) (rl's is called run_benchmarks).
 PARTS: dict[str, str] = {
-    "dekd": "coinfer.server.dekd.bench",
-    "split": "coinfer.server.split.bench",
-    "rl": "coinfer.rl.bench",
-    "runtime": "coinfer.server.runtime_bench",
-    "reliability": "coinfer.server.reliability_bench",
+    "dekd": "coinfer.bench.dekd",
+    "split": "coinfer.bench.split",
+    "rl": "coinfer.bench.rl",
+    "runtime": "coinfer.bench.runtime",
+    "reliability": "coinfer.bench.reliability",
 }
 
 
@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
 def _part_options(args: argparse.Namespace) -> dict:
     """Options handed to the parts whose runner takes them (checked before any part runs)."""
     from coinfer.core.errors import InvalidInput
-    from coinfer.rl.bench import SEEDS, parse_seeds, seeds_per_algo
+    from coinfer.bench.rl import SEEDS, parse_seeds, seeds_per_algo
 
     if args.jobs is not None and args.jobs < 1:
         raise InvalidInput(f"--jobs must be >= 1, got {args.jobs}")

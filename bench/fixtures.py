@@ -173,7 +173,7 @@ def build_devit_bundle(out_dir: str | Path, config: DeViTBundleConfig | None = N
     from coinfer.core.models.vit import ViTConfig, VisionTransformer
     from coinfer.server.dekd.artifact import write_devit_bundle
     from coinfer.server.dekd.ensemble import DeViTEnsemble
-    from coinfer.server.dekd.fusion import DeViTFusion, FusionConfig
+    from coinfer.core.models.fusion import DeViTFusion, FusionConfig
 
     config = config or DeViTBundleConfig()
     if config.num_devices < 2:

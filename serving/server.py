@@ -23,8 +23,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coinfer.core.errors import FailedPrecondition, InvalidInput
-from coinfer.protos.interceptors import ErrorInterceptor, TokenAuthInterceptor
-from coinfer.protos.security import DEFAULT_MAX_MESSAGE_BYTES, ServerSecurity
+from coinfer.serving.interceptors import ErrorInterceptor, TokenAuthInterceptor
+from coinfer.serving.security import DEFAULT_MAX_MESSAGE_BYTES, ServerSecurity
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The reliability benchmark: malformed requests at volume, injected faults, sustained load, network faults.
 
-    python -m coinfer.server.reliability_bench --out runs/bench/reliability [--quick]
+    python -m coinfer.bench.reliability --out runs/bench/reliability [--quick]
 
 A coordinator (`coinfer serve`, a DeViT bundle of 4 sub-models and a multi-point split bundle)
 and 4 edge daemons (`coinfer edge`) run as real processes on loopback. Phases:
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from coinfer.server.bench_cli import bench_main, machine_snapshot, write_report
+from coinfer.bench.script import bench_main, machine_snapshot, write_report
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def build_bundles(folder: Path) -> tuple[Path, Path]:
     """Untrained DeViT (4 sub-models) and split bundles: reliability needs answers, not accuracy."""
     from coinfer.core.bundle import load_bundle
     from coinfer.core.errors import CoinferError
-    from coinfer.server.runtime_bundles import DeViTBundleConfig, SplitBundleConfig, build_devit_bundle, build_split_bundle
+    from coinfer.bench.fixtures import DeViTBundleConfig, SplitBundleConfig, build_devit_bundle, build_split_bundle
 
     wanted = {
         folder / DEVIT: (DeViTBundleConfig(num_devices=NUM_EDGES), build_devit_bundle),
@@ -124,7 +124,7 @@ def _internal_errors(fleet) -> int:
 def _list_devices(address: str, timeout_s: float = 2.0):
     from coinfer.protos import coinfer_v1_pb2 as v1
     from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
-    from coinfer.protos.security import open_channel
+    from coinfer.serving.security import open_channel
 
     with open_channel(address) as channel:
         return v1_grpc.CoordinatorStub(channel).ListDevices(v1.ListDevicesRequest(), timeout=timeout_s).devices
@@ -137,9 +137,9 @@ def fuzz_phase(fleet, devit_path: Path, split_path: Path, config: ReliabilityCon
     import grpc
 
     from coinfer.core.bundle import load_bundle
-    from coinfer.protos.security import open_channel
-    from coinfer.server.malformed import CASES, target_from_bundles, valid_infer
-    from coinfer.server.raw_calls import send
+    from coinfer.serving.security import open_channel
+    from coinfer.bench.malformed import CASES, target_from_bundles, valid_infer
+    from coinfer.bench.raw_calls import send
 
     base = target_from_bundles(load_bundle(split_path), load_bundle(devit_path), max_message_bytes=MAX_MESSAGE_MB << 20)
     held = {d.info.name: d.assignment.submodels[0] for d in _list_devices(fleet.address) if d.assignment.submodels}
@@ -222,7 +222,7 @@ def fuzz_phase(fleet, devit_path: Path, split_path: Path, config: ReliabilityCon
 
 
 def load_phase(fleet, images: np.ndarray, config: ReliabilityConfig) -> dict[str, Any]:
-    from coinfer.server.faults import RequestStream, RssSampler, StreamConfig, summarise
+    from coinfer.bench.faults import RequestStream, RssSampler, StreamConfig, summarise
 
     half = config.load_clients // 2
     stream_config = StreamConfig(
@@ -271,7 +271,7 @@ def _wait_registered(address: str, names: set[str], timeout_s: float) -> float |
 
 def _restart_edge(edge) -> float:
     """Start a (dead) edge again on its old address; seconds until it serves its split model."""
-    from coinfer.server.client import InferenceClient
+    from coinfer.serving.client import InferenceClient
 
     argv = list(edge.argv)
     argv[argv.index("--listen") + 1] = edge.address  # a device keeps its address across a restart
@@ -284,7 +284,7 @@ def _restart_edge(edge) -> float:
 
 
 def fault_phase(fleet, bundles: tuple[Path, Path], images: np.ndarray, config: ReliabilityConfig) -> dict[str, Any]:
-    from coinfer.server.faults import OUTCOMES, RequestStream, RssSampler, StreamConfig, summarise, wait_whole
+    from coinfer.bench.faults import OUTCOMES, RequestStream, RssSampler, StreamConfig, summarise, wait_whole
 
     step = config.fault_step_s
     stream = RequestStream(
@@ -365,7 +365,7 @@ def fault_phase(fleet, bundles: tuple[Path, Path], images: np.ndarray, config: R
 
 def testbed_phase(bundles: tuple[Path, Path], run_dir: Path, config: ReliabilityConfig) -> dict[str, Any]:
     """The fault stream across shaped links (root, `ip` and `tc` only); see `netfaults.py`."""
-    from coinfer.server.netfaults import run_network_faults
+    from coinfer.bench.netfaults import run_network_faults
 
     return run_network_faults(bundles, run_dir, step_s=config.testbed_step_s, deadline_s=config.fault_deadline_s)
 
@@ -427,8 +427,8 @@ def target_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
 def run_benchmark(out_dir: str | Path, quick: bool = False) -> dict[str, Any]:
     """Run every phase, print each figure beside its target, write ``reliability.json``; return the report."""
     from coinfer.core.data import load_dataset
-    from coinfer.server.faults import wait_whole
-    from coinfer.server.fleet import Fleet
+    from coinfer.bench.faults import wait_whole
+    from coinfer.bench.fleet import Fleet
 
     config = ReliabilityConfig.make(quick)
     out = Path(out_dir)
@@ -454,7 +454,7 @@ def run_benchmark(out_dir: str | Path, quick: bool = False) -> dict[str, Any]:
     finally:
         report["exit_statuses"] = fleet.stop()
     print("[5/5] network faults on the testbed", flush=True)
-    from coinfer.server.testbed import missing_requirements
+    from coinfer.testbed import missing_requirements
 
     missing = missing_requirements()
     if missing:
@@ -481,7 +481,7 @@ def print_summary(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return bench_main(argv, module="coinfer.server.reliability_bench", doc=__doc__, run=run_benchmark,
+    return bench_main(argv, module="coinfer.bench.reliability", doc=__doc__, run=run_benchmark,
                       default_out="runs/bench/reliability", quick_help="2,000 malformed requests, 20 s of load, 6 s between faults")
 
 

@@ -1,6 +1,6 @@
 """The runtime benchmark: parity, overhead, load and faults with a coordinator and 4 edge daemons.
 
-    python -m coinfer.server.runtime_bench --out runs/bench/runtime [--quick]
+    python -m coinfer.bench.runtime --out runs/bench/runtime [--quick]
 
 Everything runs on loopback as real processes (`Fleet`): `coinfer serve` with a small trained
 DeViT bundle and a multi-point split bundle, and four `coinfer edge` daemons. Phases:
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from coinfer.server.bench_cli import bench_main, machine_snapshot, write_report
+from coinfer.bench.script import bench_main, machine_snapshot, write_report
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def build_bundles(folder: Path, config: BenchConfig) -> tuple[Path, Path]:
     """The trained DeViT and split bundles (reused when already there)."""
     from coinfer.core.bundle import load_bundle
     from coinfer.core.errors import CoinferError
-    from coinfer.server.runtime_bundles import DeViTBundleConfig, SplitBundleConfig, build_devit_bundle, build_split_bundle
+    from coinfer.bench.fixtures import DeViTBundleConfig, SplitBundleConfig, build_devit_bundle, build_split_bundle
 
     devit, split = folder / DEVIT, folder / SPLIT
     wanted = {
@@ -110,7 +110,7 @@ def build_bundles(folder: Path, config: BenchConfig) -> tuple[Path, Path]:
 
 def parity_phase(fleet, devit_path: Path, split_path: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     from coinfer.core.bundle import load_bundle
-    from coinfer.server.client import InferenceClient
+    from coinfer.serving.client import InferenceClient
     from coinfer.server.deployment import SplitDeployment
     from coinfer.server.devit_service import DeViTServing
 
@@ -231,7 +231,7 @@ def wait_until_spread(fleet, image: np.ndarray, timeout_s: float = 60.0) -> floa
     then would time one device running two sub-models.
     """
     from coinfer.core.errors import Unavailable
-    from coinfer.server.client import InferenceClient
+    from coinfer.serving.client import InferenceClient
 
     started = time.perf_counter()
     with InferenceClient(fleet.address, timeout_s=30) as client:
@@ -283,7 +283,7 @@ def fanout_call_cost(addresses: list[str], rounds: int = 500) -> dict[str, float
 
 
 def overhead_phase(fleet, images: np.ndarray, count: int) -> dict[str, Any]:
-    from coinfer.server.client import InferenceClient
+    from coinfer.serving.client import InferenceClient
 
     pids = {d.name: d.process.pid for d in (fleet.coordinator, *fleet.edges) if d is not None and d.process is not None}
     with InferenceClient(fleet.address, timeout_s=30) as client:
@@ -298,7 +298,7 @@ def overhead_phase(fleet, images: np.ndarray, count: int) -> dict[str, Any]:
 
 def load_phase(fleet, images: np.ndarray, duration_s: float, quick: bool) -> dict[str, Any]:
     from coinfer.core.errors import CoinferError
-    from coinfer.server.client import InferenceClient
+    from coinfer.serving.client import InferenceClient
 
     results: dict[str, list[float]] = {DEVIT: [], SPLIT: []}
     errors: list[str] = []
@@ -353,7 +353,7 @@ def load_phase(fleet, images: np.ndarray, duration_s: float, quick: bool) -> dic
 
 def fault_phase(fleet, images: np.ndarray) -> dict[str, Any]:
     from coinfer.core.errors import CoinferError, Unavailable
-    from coinfer.server.client import InferenceClient
+    from coinfer.serving.client import InferenceClient
 
     outcomes: list[dict[str, Any]] = []
     lock = threading.Lock()
@@ -418,7 +418,7 @@ def fault_phase(fleet, images: np.ndarray) -> dict[str, Any]:
 def run_benchmark(out_dir: str | Path, quick: bool = False) -> dict[str, Any]:
     """Run every phase, print each figure beside its target, write ``runtime.json``; return the report."""
     from coinfer.core.data import load_dataset
-    from coinfer.server.fleet import Fleet
+    from coinfer.bench.fleet import Fleet
 
     config = BenchConfig.make(quick)
     out = Path(out_dir)
@@ -530,7 +530,7 @@ def print_summary(r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return bench_main(argv, module="coinfer.server.runtime_bench", doc=__doc__, run=run_benchmark,
+    return bench_main(argv, module="coinfer.bench.runtime", doc=__doc__, run=run_benchmark,
                       default_out="runs/bench/runtime", quick_help="shorter load phase (10 s) and fewer training epochs")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from coinfer.core.errors import NotFound, Unavailable
 from coinfer.protos import inference_pb2 as pb
 from coinfer.protos import inference_pb2_grpc as pb_grpc
-from coinfer.protos.interceptors import error_from_rpc
+from coinfer.serving.interceptors import error_from_rpc
 from coinfer.protos.oip import (
     ParameterValue,
     TensorMeta,
@@ -25,7 +25,7 @@ from coinfer.protos.oip import (
     infer_response_outputs,
     parameters_from_proto,
 )
-from coinfer.protos.security import ClientSecurity, open_channel
+from coinfer.serving.security import ClientSecurity, open_channel
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ from coinfer import __version__
 from coinfer.core.errors import InvalidInput, NotFound, ResourceExhausted, Unavailable
 from coinfer.protos import inference_pb2 as pb
 from coinfer.protos import inference_pb2_grpc as pb_grpc
-from coinfer.protos.interceptors import status_of
+from coinfer.serving.interceptors import status_of
 from coinfer.protos.oip import (
     ParameterValue,
     TensorMeta,

@@ -49,8 +49,8 @@ def read_token(path: Path | None) -> str | None:
 
 def server_options_from_args(args: argparse.Namespace):
     """`ServerOptions` from the parsed arguments of `add_server_args`."""
-    from coinfer.protos.security import ServerSecurity
-    from coinfer.protos.serving import ServerOptions
+    from coinfer.serving.security import ServerSecurity
+    from coinfer.serving.server import ServerOptions
 
     if args.max_message_mb < 1 or args.workers < 1:
         raise InvalidInput("--max-message-mb and --workers must be at least 1")
