@@ -1,7 +1,7 @@
 """Small bundles of both kinds the runtime serves, built in seconds: for its tests and benchmark.
 
 * `build_split_bundle`: a thin CNN with a bottleneck at every candidate point, written in the
-  multi-point format (``coinfer.split/1``, as `coinfer.core.split_runtime` reads it);
+  multi-point format (``coinfer.split/1``, as `coinfer.core.split_point` reads it);
 * `build_devit_bundle`: N tiny head-less ViTs and a DeViT fusion head, written with the DEKD
   helper's own `write_devit_bundle` (kind ``"devit"``).
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from coinfer.core.bundle import Bundle, PartToWrite, TensorSpec, write_bundle
 from coinfer.core.errors import InvalidInput
+from coinfer.core.split_point import SAMPLES_PART
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class SplitBundleConfig:
     seed: int = 0
     model_name: str = ""
     """Served model name; "" = "<dataset>-<arch>-split"."""
+    samples: int = 8
+    """Test images stored in the bundle for `coinfer profile`."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def build_split_bundle(out_dir: str | Path, config: SplitBundleConfig | None = N
     """Write a coinfer.split/1 bundle: whole model, and head/encoder/decoder/tail at points 1..4."""
     import torch
 
-    from coinfer.core.data import load_dataset
+    from coinfer.core.data import load_dataset, to_float
     from coinfer.core.models import build_model
     from coinfer.core.models.autoencoders import Bottleneck, BottleneckConfig
 
@@ -98,7 +101,7 @@ def build_split_bundle(out_dir: str | Path, config: SplitBundleConfig | None = N
     logits = TensorSpec("logits", "FP32", (-1, splits.num_classes))
     parts = [PartToWrite("model", model.state_dict(), role="model", config=base, inputs=[image], outputs=[logits])]
     points = [{"index": 0, "name": model.point_names[0], "head": None, "encoder": None, "decoder": None, "tail": "model", "bits": 0, "compress": False}]
-    x_train = torch.from_numpy(splits.train.x[:512]).float().div(255.0)
+    x_train = to_float(splits.train.x[:512])
     for point in range(1, last):
         shape = model.feature_shape(point)  # (1, C, H, W)
         c, size = int(shape[1]), int(shape[2])
@@ -123,6 +126,8 @@ def build_split_bundle(out_dir: str | Path, config: SplitBundleConfig | None = N
              "decoder": f"{prefix}.decoder", "tail": f"{prefix}.tail", "bits": config.bits, "compress": False}
         )
     points.append({"index": last, "name": model.point_names[last], "head": "model", "encoder": None, "decoder": None, "tail": None, "bits": 0, "compress": False})
+    samples = {"images": torch.from_numpy(splits.test.x[: config.samples]), "labels": torch.from_numpy(splits.test.y[: config.samples])}
+    parts.append(PartToWrite(SAMPLES_PART, samples, role="samples"))
     name = config.model_name or f"{config.dataset}-{config.arch}-split"
     metadata = {
         "model_name": name,

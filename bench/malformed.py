@@ -60,18 +60,18 @@ class FuzzTarget:
 def target_from_bundles(split: Bundle, devit: Bundle | None = None, *, max_message_bytes: int = 1 << 20,
                         submodel_part: str | None = None) -> FuzzTarget:
     """A FuzzTarget for a coordinator serving ``split`` (coinfer.split/1) and optionally ``devit``."""
-    from coinfer.core.split_runtime import load_split_plan
+    from coinfer.core.split_point import load_split_plan
 
     plan = load_split_plan(split)
     points: dict[int, tuple[int, ...]] = {}
     local = max(p.index for p in plan.points)
     for p in plan.points:
-        if p.tail is None:
+        if not p.offload:
             local = p.index
-        elif p.index == 0:
+        elif p.sends_image:
             points[0] = tuple(plan.input_shape)
         else:
-            first = split.part(p.decoder or p.tail).inputs[0]
+            first = split.part(p.server_parts[0]).inputs[0]
             points[p.index] = tuple(first.shape[1:])
     devit_name, submodel = None, None
     if devit is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from coinfer.core.bundle import Bundle, PartToWrite, TensorSpec, load_bundle, write_bundle
 from coinfer.core.errors import CoinferError, InvalidInput
-from coinfer.server.deployment import SPLIT_KIND
+from coinfer.core.split_point import SPLIT_KIND
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ import numpy as np
 from coinfer.core.bundle import Bundle, load_bundle
 from coinfer.core.errors import IntegrityError, InvalidInput, NotFound
 from coinfer.serving.oip_service import InferCall, InferResult
-from coinfer.server.deployment import SplitDeployment, is_split_bundle
+from coinfer.core.split_point import is_split_bundle
+from coinfer.server.deployment import SplitDeployment
 from coinfer.server.devit_service import DEVIT_KIND, DeViTServeConfig, DeViTServing, FanOutRouter
 
 DEFAULT_CHUNK_BYTES = 256 * 1024

@@ -25,13 +25,13 @@ import numpy as np
 from coinfer.core.bundle import Bundle
 from coinfer.core.codec import tensor_from_raw, tensor_to_raw
 from coinfer.core.errors import DeadlineExceeded, InvalidInput, Unavailable
+from coinfer.core.model_io import DEFAULT_MAX_BATCH, IMAGE_INPUT, LOGITS_OUTPUT
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
 from coinfer.protos.oip import TensorMeta
 from coinfer.serving.oip_service import InferCall, InferResult
 from coinfer.serving.parts import load_part_module
 from coinfer.protos.v1 import ModelInfo
-from coinfer.server.deployment import DEFAULT_MAX_BATCH, IMAGE_INPUT, LOGITS_OUTPUT
 
 log = logging.getLogger(__name__)
 

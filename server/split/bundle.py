@@ -9,7 +9,7 @@ Parts (each rebuilt by ``Bundle.load_module``):
 * ``samples``: a few uint8 test images and labels (not a module), so ``coinfer profile`` measures
   real payloads without the dataset.
 
-The manifest metadata's ``split`` section (``coinfer.core.split_runtime``) says which parts each
+The manifest metadata's ``split`` section (``coinfer.core.split_point``) says which parts each
 point runs on each side and how its latent is encoded.
 """
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from coinfer.core.bundle import Bundle, PartToWrite, TensorSpec, write_bundle
-from coinfer.core.split_runtime import MODEL_PART, SAMPLES_PART, SPLIT_SCHEMA
+from coinfer.core.split_point import MODEL_PART, SAMPLES_PART, SPLIT_POINTS_KIND, SPLIT_SCHEMA
 
 
 @dataclass
@@ -106,5 +106,5 @@ def write_split_bundle(
             "points": plan,
         }
     }
-    return write_bundle(path, name=f"split-{backbone.arch}-{dataset}", kind="split-points", parts=parts,
+    return write_bundle(path, name=f"split-{backbone.arch}-{dataset}", kind=SPLIT_POINTS_KIND, parts=parts,
                         metadata=metadata, extra_files={"report.json": report_json}, overwrite=overwrite)

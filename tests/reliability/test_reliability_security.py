@@ -228,6 +228,7 @@ def test_no_loader_unpickles(no_unpickling, split_bundle, devit_bundle, tmp_path
     from coinfer.core.codec import decode, encode, from_bytes, to_bytes
     from coinfer.core.data import FASHION_MNIST_DIRS, load_dataset
     from coinfer.core.profile import load_profile
+    from coinfer.core.split_point import load_samples
     from coinfer.edge.part_cache import PartCache
     from coinfer.serving.parts import load_part_module
     from coinfer.rl.policy import load_policy
@@ -238,7 +239,9 @@ def test_no_loader_unpickles(no_unpickling, split_bundle, devit_bundle, tmp_path
     for bundle_path in (split_bundle.path, devit_bundle.path):
         bundle = load_bundle(bundle_path)
         for spec in bundle.manifest.parts:
-            if spec.role != "fusion":
+            if spec.role == "samples":
+                load_samples(bundle)
+            elif spec.role != "fusion":
                 load_part_module(bundle, spec.name)
     ModelCatalog.load([split_bundle.path, devit_bundle.path])
     # The edge's part cache: download from the bundle's bytes, verify, open.
