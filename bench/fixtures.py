@@ -176,7 +176,7 @@ def build_devit_bundle(out_dir: str | Path, config: DeViTBundleConfig | None = N
     from coinfer.core.bundle import load_bundle
     from coinfer.core.data import load_dataset
     from coinfer.core.models.vit import ViTConfig, VisionTransformer
-    from coinfer.server.dekd.artifact import write_devit_bundle
+    from coinfer.core.devit_bundle import write_devit_bundle
     from coinfer.server.dekd.ensemble import DeViTEnsemble
     from coinfer.core.models.fusion import DeViTFusion, FusionConfig
 

@@ -15,7 +15,6 @@ from typing import Iterable
 from coinfer.core.errors import InvalidInput, NotFound
 from coinfer.core.split_point import DeviceHalf
 from coinfer.edge.part_cache import FetchFn, PartCache
-from coinfer.serving.parts import load_part_module
 from coinfer.protos.v1 import Assignment, PartRef, SubModelRef
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ class ModuleStore:
                 if module is None:
                     if opened is None:
                         opened = self.cache.open_bundle(bundle, [r.spec for r in refs])
-                    module = load_part_module(opened, ref.spec.name)
+                    module = opened.load_module(ref.spec.name)
                     with self._lock:
                         self._modules[key] = module
                 modules[(bundle, ref.spec.name)] = module

@@ -22,20 +22,18 @@ from typing import Protocol
 import grpc
 import numpy as np
 
-from coinfer.core.bundle import Bundle
+from coinfer.core.bundle import Bundle, TensorSpec
 from coinfer.core.codec import tensor_from_raw, tensor_to_raw
+from coinfer.core.devit_bundle import read_devit_layout
 from coinfer.core.errors import DeadlineExceeded, InvalidInput, Unavailable
 from coinfer.core.model_io import DEFAULT_MAX_BATCH, IMAGE_INPUT, LOGITS_OUTPUT
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
-from coinfer.protos.oip import TensorMeta
 from coinfer.serving.oip_service import InferCall, InferResult
-from coinfer.serving.parts import load_part_module
 from coinfer.protos.v1 import ModelInfo
 
 log = logging.getLogger(__name__)
 
-DEVIT_KIND = "devit"
 PLATFORM = "coinfer_devit"
 
 
@@ -87,12 +85,6 @@ def _run_submodel(stub: v1_grpc.EdgeStub, request: v1.RunSubModelRequest, deadli
     return stub.RunSubModel(request, timeout=left)
 
 
-def _fusion_builders():
-    from coinfer.core.models.fusion import ARCH, build_fusion
-
-    return {ARCH: build_fusion}
-
-
 class DeViTServing:
     """The ServedModel of one DeViT bundle on the coordinator's front door."""
 
@@ -100,29 +92,17 @@ class DeViTServing:
     platform = PLATFORM
 
     def __init__(self, bundle: Bundle, config: DeViTServeConfig | None = None, router: FanOutRouter | None = None) -> None:
-        if bundle.kind != DEVIT_KIND:
-            raise InvalidInput(f"bundle {bundle.path} is of kind {bundle.kind!r}, not a DeViT bundle")
-        info = bundle.metadata.get("devit")
-        if not isinstance(info, dict) or not isinstance(info.get("device_parts"), list):
-            raise InvalidInput(f"{bundle.path}: metadata 'devit' with device_parts is missing")
+        layout = read_devit_layout(bundle)
         self.bundle = bundle
         self.config = config or DeViTServeConfig()
         self.router = router
-        self.name = str(bundle.metadata.get("model_name") or bundle.name)
-        self.submodel_parts: tuple[str, ...] = tuple(str(p) for p in info["device_parts"])
-        self.fusion_part = str(info.get("fusion_part", "fusion"))
-        self.fusion = load_part_module(bundle, self.fusion_part, _fusion_builders())
-        self.feature_dims: tuple[int, ...] = tuple(self.fusion.config.feature_dims)
-        if len(self.feature_dims) != len(self.submodel_parts):
-            raise InvalidInput(
-                f"{bundle.path}: {len(self.submodel_parts)} sub-model parts for a fusion head of {len(self.feature_dims)} devices"
-            )
-        first = bundle.part(self.submodel_parts[0]).inputs
-        if len(first) != 1 or len(first[0].shape) != 4:
-            raise InvalidInput(f"{bundle.path}: sub-model {self.submodel_parts[0]!r} must take one image batch (B, C, H, W)")
-        _, channels, height, width = first[0].shape
-        self.inputs = (TensorMeta(IMAGE_INPUT, "UINT8", (-1, channels, height, width)),)
-        self.outputs = (TensorMeta(LOGITS_OUTPUT, "FP32", (-1, self.fusion.config.num_classes)),)
+        self.name = layout.model_name
+        self.submodel_parts = layout.submodel_parts
+        self.fusion_part = layout.fusion_part
+        self.fusion = bundle.load_module(layout.fusion_part)
+        self.feature_dims = layout.feature_dims
+        self.inputs = (TensorSpec(IMAGE_INPUT, "UINT8", (-1, *layout.image_shape)),)
+        self.outputs = (TensorSpec(LOGITS_OUTPUT, "FP32", (-1, layout.num_classes)),)
         self.max_batch = DEFAULT_MAX_BATCH
         n = len(self.submodel_parts)
         self.min_devices = self.config.min_devices or math.ceil(n / 2)
@@ -144,14 +124,7 @@ class DeViTServing:
 
     def model_info(self) -> ModelInfo:
         """What an edge daemon needs to forward this model (its OIP metadata)."""
-        from coinfer.core.bundle import TensorSpec
-
-        return ModelInfo(
-            self.name,
-            self.platform,
-            tuple(TensorSpec(m.name, m.datatype, m.shape) for m in self.inputs),
-            tuple(TensorSpec(m.name, m.datatype, m.shape) for m in self.outputs),
-        )
+        return ModelInfo(self.name, self.platform, self.inputs, self.outputs)
 
     def _callable_holders(self) -> int:
         if self.router is None:
@@ -270,7 +243,7 @@ class DeViTServing:
 
         with self._local_lock:
             if self._local is None:
-                self._local = [load_part_module(self.bundle, p) for p in self.submodel_parts]
+                self._local = [self.bundle.load_module(p) for p in self.submodel_parts]
         x = to_float(images)
         keep = range(self.num_submodels) if present is None else present
         with torch.inference_mode():

@@ -90,9 +90,8 @@ def _device_half(bundle, point: int, images: np.ndarray) -> np.ndarray:
     import torch
 
     from coinfer.core.data import to_float
-    from coinfer.serving.parts import load_part_module
 
-    head, encoder = (load_part_module(bundle, f"point{point}.{role}") for role in ("head", "encoder"))
+    head, encoder = (bundle.load_module(f"point{point}.{role}") for role in ("head", "encoder"))
     with torch.inference_mode():
         return encoder(head(to_float(images))).numpy()
 
