@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -57,9 +58,15 @@ def write_split_bundle(
     points: list[PointParts],
     samples: tuple[np.ndarray, np.ndarray],
     report_json: str,
+    name: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Bundle:
-    """Write the bundle atomically (nothing is left behind on failure) and return it loaded."""
+    """Write the bundle atomically (nothing is left behind on failure) and return it loaded.
+
+    ``name`` defaults to ``split-<arch>-<dataset>``; ``metadata`` adds keys beside ``split``
+    (e.g. the served ``model_name``).
+    """
     config = backbone.config_dict()
     last = backbone.num_points - 1
     in_shape = backbone.feature_shape(0)
@@ -95,6 +102,7 @@ def write_split_bundle(
     parts.append(PartToWrite(SAMPLES_PART, {"images": torch.from_numpy(np.ascontiguousarray(images)),
                                             "labels": torch.from_numpy(np.ascontiguousarray(labels))}, "samples"))
     metadata = {
+        **dict(metadata or {}),
         "split": {
             "schema": SPLIT_SCHEMA,
             "backbone": backbone.arch,
@@ -106,5 +114,5 @@ def write_split_bundle(
             "points": plan,
         }
     }
-    return write_bundle(path, name=f"split-{backbone.arch}-{dataset}", kind=SPLIT_POINTS_KIND, parts=parts,
+    return write_bundle(path, name=name or f"split-{backbone.arch}-{dataset}", kind=SPLIT_POINTS_KIND, parts=parts,
                         metadata=metadata, extra_files={"report.json": report_json}, overwrite=overwrite)
