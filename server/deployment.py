@@ -24,6 +24,12 @@ from coinfer.core.errors import FailedPrecondition, InvalidInput, NotFound
 from coinfer.core.model_io import DEFAULT_MAX_BATCH
 from coinfer.core.split_point import SPLIT_KIND, SPLIT_SCHEMA, SplitModel, SplitPoint, is_split_bundle, load_split_plan
 
+DEFAULT_POWER_W = 0.1
+"""Uplink transmit power given to devices before the scheduler decides, unless the bundle says."""
+DEFAULT_SUB_CHANNELS = 2
+"""Sub-channels the scheduler shares out, unless the bundle says."""
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     """What a split bundle's metadata says about how it is served (defaults where it says nothing)."""
@@ -42,8 +48,8 @@ class ServingSettings:
         try:
             settings = cls(
                 model_name=str(meta.get("model_name") or bundle.name),
-                power_w=float(meta.get("power_w", 0.1)),
-                num_sub_channels=int(meta.get("num_sub_channels", 2)),
+                power_w=float(meta.get("power_w", DEFAULT_POWER_W)),
+                num_sub_channels=int(meta.get("num_sub_channels", DEFAULT_SUB_CHANNELS)),
                 max_batch=int(meta.get("max_batch", DEFAULT_MAX_BATCH)),
             )
         except (TypeError, ValueError) as exc:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from coinfer.core.bundle import Bundle, PartToWrite, TensorSpec, write_bundle
+from coinfer.core.model_io import FEATURE, IMAGE_INPUT, LATENT, LOGITS_OUTPUT
 from coinfer.core.split_point import MODEL_PART, SAMPLES_PART, SPLIT_POINTS_KIND, SPLIT_SCHEMA
 
 
@@ -71,26 +72,26 @@ def write_split_bundle(
     last = backbone.num_points - 1
     in_shape = backbone.feature_shape(0)
     out_shape = backbone.feature_shape(last)
+    images = TensorSpec(IMAGE_INPUT, "FP32", _variable_batch(in_shape))
+    logits = TensorSpec(LOGITS_OUTPUT, "FP32", _variable_batch(out_shape))
     parts = [
-        PartToWrite(MODEL_PART, backbone.state_dict(), "model", config,
-                    inputs=[TensorSpec("input", "FP32", _variable_batch(in_shape))],
-                    outputs=[TensorSpec("logits", "FP32", _variable_batch(out_shape))]),
+        PartToWrite(MODEL_PART, backbone.state_dict(), "model", config, inputs=[images], outputs=[logits]),
     ]
     plan = [{"index": 0, "name": backbone.point_names[0], "head": None, "encoder": None, "decoder": None,
              "tail": MODEL_PART, "bits": 0, "compress": False}]
     for p in points:
         prefix = f"point{p.index}"
-        feature = TensorSpec("feature", "FP32", _variable_batch(p.feature_shape))
-        latent = TensorSpec("latent", "FP32", _variable_batch(p.latent_shape))
+        feature = TensorSpec(FEATURE, "FP32", _variable_batch(p.feature_shape))
+        latent = TensorSpec(LATENT, "FP32", _variable_batch(p.latent_shape))
         parts += [
             PartToWrite(f"{prefix}.head", p.head.state_dict(), "head", {**config, "segment": [0, p.index]},
-                        inputs=[TensorSpec("input", "FP32", _variable_batch(in_shape))], outputs=[feature]),
+                        inputs=[images], outputs=[feature]),
             PartToWrite(f"{prefix}.encoder", p.encoder.state_dict(), "encoder", p.encoder.config_dict(),
                         inputs=[feature], outputs=[latent]),
             PartToWrite(f"{prefix}.decoder", p.decoder.state_dict(), "decoder", p.decoder.config_dict(),
                         inputs=[latent], outputs=[feature]),
             PartToWrite(f"{prefix}.tail", p.tail.state_dict(), "tail", {**config, "segment": [p.index, last]},
-                        inputs=[feature], outputs=[TensorSpec("logits", "FP32", _variable_batch(out_shape))]),
+                        inputs=[feature], outputs=[logits]),
         ]
         plan.append({"index": p.index, "name": p.name, "head": f"{prefix}.head", "encoder": f"{prefix}.encoder",
                      "decoder": f"{prefix}.decoder", "tail": f"{prefix}.tail", "bits": p.bits,
