@@ -7,6 +7,10 @@ has a learned stand-in for each device and is trained with device dropout); the 
 ``degraded`` and which devices contributed. Fewer than ``min_devices`` features is UNAVAILABLE,
 naming what happened to each missing one. A device whose connection is refused is skipped for
 a moment, so a dead device costs one failed call rather than a wait per request.
+
+A request is two steps: `DeViTServing.fan_out` (the features that arrived, and why each other
+one is missing: a `FanOut`) and `DeViTServing.fuse_and_respond` (the fused logits and the
+response parameters).
 """
 
 from __future__ import annotations
@@ -77,6 +81,44 @@ class DeViTServeConfig:
     """Most sub-model calls in flight at once over all requests (threads kept for them)."""
 
 
+@dataclass(frozen=True)
+class Arrived:
+    """A sub-model's features, back from its device in time."""
+
+    feature: np.ndarray
+    """FP32 (B, width)."""
+    device_name: str
+    compute_ms: float
+    """What the device says it spent computing them."""
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """What one fan-out brought back: the features that arrived and why each other one is missing."""
+
+    arrived: dict[int, Arrived]
+    """Sub-model index -> its features."""
+    missing: dict[int, str]
+    """Sub-model index -> why it has none (no holder, skipped, deadline, the device's error)."""
+    elapsed_ms: float
+    """From the start of the fan-out to the last reply."""
+
+
+def _why_not_call(holder: Holder | None, deadline: float) -> str:
+    """Why a sub-model's device is not called ("" = call it)."""
+    if holder is None:
+        return "no live device has it loaded"
+    if holder.skip_reason:
+        return f"{holder.device_name}: {holder.skip_reason}"
+    if deadline <= time.monotonic():
+        return "no time left before the deadline"
+    return ""
+
+
+def _reasons(missing: dict[int, str]) -> str:
+    return "; ".join(f"sub-model {i}: {why}" for i, why in sorted(missing.items()))
+
+
 def _run_submodel(stub: v1_grpc.EdgeStub, request: v1.RunSubModelRequest, deadline: float) -> v1.RunSubModelResponse | None:
     """The device's reply, or None when the call waited for a pool thread until the deadline."""
     left = deadline - time.monotonic()  # taken when the call starts: time queued counts against it
@@ -142,34 +184,25 @@ class DeViTServing:
     # Serving -------------------------------------------------------------------------------
 
     def infer(self, inputs: dict[str, np.ndarray], call: InferCall) -> InferResult:
-        import torch
+        """Fan the images out to the sub-models' devices, then fuse what arrived and answer."""
+        return self.fuse_and_respond(self.fan_out(inputs[IMAGE_INPUT], call))
 
-        if self.router is None:
+    def fan_out(self, images: np.ndarray, call: InferCall) -> FanOut:
+        """Ask every sub-model's device for its features, in parallel under one deadline."""
+        router = self.router
+        if router is None:
             raise Unavailable(f"model {self.name!r} has no device router")
         started = time.perf_counter()
-        images = inputs[IMAGE_INPUT]
-        now = time.monotonic()
-        deadline = min(now + call.remaining_s(self.config.timeout_s) - self.config.margin_s, now + self.config.timeout_s)
-        if deadline <= now:
-            # Fanning out would only produce an answer nobody waits for.
-            raise DeadlineExceeded(
-                f"model {self.name!r}: the request's deadline leaves {call.remaining_s(0.0) * 1e3:.1f} ms, less than the "
-                f"{self.config.margin_s * 1e3:.1f} ms kept for fusion and reply; allow more time (deadline_ms or the call's deadline)"
-            )
-        holders = self.router.holders(self.name)
+        deadline = self._deadline(call)
+        holders = router.holders(self.name)
         datatype, shape, raw = tensor_to_raw(images)
         missing: dict[int, str] = {}
         calls: dict[int, tuple[Holder, Future, float]] = {}
         for index, part in enumerate(self.submodel_parts):
             holder = holders.get(index)
-            if holder is None:
-                missing[index] = "no live device has it loaded"
-                continue
-            if holder.skip_reason:
-                missing[index] = f"{holder.device_name}: {holder.skip_reason}"
-                continue
-            if deadline <= time.monotonic():
-                missing[index] = "no time left before the deadline"
+            reason = _why_not_call(holder, deadline)
+            if holder is None or reason:
+                missing[index] = reason
                 continue
             request = v1.RunSubModelRequest(
                 model_name=self.name,
@@ -178,56 +211,78 @@ class DeViTServing:
                 images=v1.RawTensor(datatype=datatype, shape=shape, data=raw),
                 request_id=call.request_id,
             )
-            calls[index] = (holder, self._fanout.submit(_run_submodel, self.router.stub(holder.address), request, deadline), time.perf_counter())
-        features: dict[int, np.ndarray] = {}
-        compute_ms: dict[int, float] = {}
-        contributors: dict[int, str] = {}
+            future = self._fanout.submit(_run_submodel, router.stub(holder.address), request, deadline)
+            calls[index] = (holder, future, time.perf_counter())
+        arrived: dict[int, Arrived] = {}
         for index, (holder, future, sent) in calls.items():
-            try:
-                reply = future.result()
-                if reply is None:
-                    missing[index] = f"{holder.device_name}: not called, the deadline passed while the call waited for a fan-out thread"
-                    continue
-                feature = tensor_from_raw(reply.feature.datatype, tuple(reply.feature.shape), reply.feature.data)
-                if feature.dtype != np.float32 or feature.shape != (len(images), self.feature_dims[index]):
-                    raise InvalidInput(f"sent a {feature.dtype} feature of shape {list(feature.shape)}, expected FP32 ({len(images)}, {self.feature_dims[index]})")
-            except grpc.RpcError as exc:
-                code = exc.code()
-                missing[index] = f"{holder.device_name}: {code.name}: {exc.details()}"
-                self.router.report(holder, self.name, False, code == grpc.StatusCode.UNAVAILABLE, time.perf_counter() - sent)
-                continue
-            except InvalidInput as exc:
-                missing[index] = f"{holder.device_name}: {exc}"
-                self.router.report(holder, self.name, False, False, time.perf_counter() - sent)
-                continue
-            self.router.report(holder, self.name, True, False, time.perf_counter() - sent)
-            features[index] = feature
-            compute_ms[index] = float(reply.compute_ms)
-            contributors[index] = holder.device_name
-        fanout_ms = (time.perf_counter() - started) * 1e3
-        if len(features) < self.min_devices:
-            reasons = "; ".join(f"sub-model {i}: {why}" for i, why in sorted(missing.items()))
+            outcome = self._collect(router, index, holder, future, sent, batch=len(images))
+            if isinstance(outcome, Arrived):
+                arrived[index] = outcome
+            else:
+                missing[index] = outcome
+        return FanOut(arrived, missing, (time.perf_counter() - started) * 1e3)
+
+    def _deadline(self, call: InferCall) -> float:
+        """When the fan-out must be over: the caller's deadline less the margin, capped by the timeout."""
+        now = time.monotonic()
+        deadline = min(now + call.remaining_s(self.config.timeout_s) - self.config.margin_s, now + self.config.timeout_s)
+        if deadline <= now:
+            # Fanning out would only produce an answer nobody waits for.
+            raise DeadlineExceeded(
+                f"model {self.name!r}: the request's deadline leaves {call.remaining_s(0.0) * 1e3:.1f} ms, less than the "
+                f"{self.config.margin_s * 1e3:.1f} ms kept for fusion and reply; allow more time (deadline_ms or the call's deadline)"
+            )
+        return deadline
+
+    def _collect(self, router: FanOutRouter, index: int, holder: Holder, future: Future, sent: float, batch: int) -> Arrived | str:
+        """One call's feature, or why there is none; the outcome is reported to the router."""
+        try:
+            reply = future.result()
+            if reply is None:
+                return f"{holder.device_name}: not called, the deadline passed while the call waited for a fan-out thread"
+            feature = tensor_from_raw(reply.feature.datatype, tuple(reply.feature.shape), reply.feature.data)
+            width = self.feature_dims[index]
+            if feature.dtype != np.float32 or feature.shape != (batch, width):
+                raise InvalidInput(f"sent a {feature.dtype} feature of shape {list(feature.shape)}, expected FP32 ({batch}, {width})")
+        except grpc.RpcError as exc:
+            code = exc.code()
+            router.report(holder, self.name, False, code == grpc.StatusCode.UNAVAILABLE, time.perf_counter() - sent)
+            return f"{holder.device_name}: {code.name}: {exc.details()}"
+        except InvalidInput as exc:
+            router.report(holder, self.name, False, False, time.perf_counter() - sent)
+            return f"{holder.device_name}: {exc}"
+        router.report(holder, self.name, True, False, time.perf_counter() - sent)
+        return Arrived(feature, holder.device_name, float(reply.compute_ms))
+
+    def fuse_and_respond(self, fan_out: FanOut) -> InferResult:
+        """The fused logits and the response parameters; UNAVAILABLE when too few features arrived."""
+        import torch
+
+        arrived, missing = fan_out.arrived, fan_out.missing
+        if len(arrived) < self.min_devices:
             raise Unavailable(
-                f"model {self.name!r}: {len(features)} of {self.num_submodels} sub-model features arrived within "
-                f"{fanout_ms:.0f} ms, {self.min_devices} needed ({reasons})"
+                f"model {self.name!r}: {len(arrived)} of {self.num_submodels} sub-model features arrived within "
+                f"{fan_out.elapsed_ms:.0f} ms, {self.min_devices} needed ({_reasons(missing)})"
             )
         fused = time.perf_counter()
         with torch.inference_mode():
-            logits = self.fusion.forward_available({i: torch.from_numpy(f) for i, f in sorted(features.items())}).float().numpy()
+            features = {i: torch.from_numpy(arrived[i].feature) for i in sorted(arrived)}
+            logits = self.fusion.forward_available(features).float().numpy()
         fusion_ms = (time.perf_counter() - fused) * 1e3
+        compute_ms = [a.compute_ms for a in arrived.values()]
         parameters: dict[str, bool | int | float | str] = {
-            "degraded": len(features) < self.num_submodels,
-            "devices": ",".join(contributors[i] for i in sorted(contributors)),
-            "submodels": ",".join(str(i) for i in sorted(features)),
-            "fanout_ms": fanout_ms,
+            "degraded": len(arrived) < self.num_submodels,
+            "devices": ",".join(arrived[i].device_name for i in sorted(arrived)),
+            "submodels": ",".join(str(i) for i in sorted(arrived)),
+            "fanout_ms": fan_out.elapsed_ms,
             "fusion_ms": fusion_ms,
-            "submodel_compute_ms": max(compute_ms.values()),
-            "submodel_compute_total_ms": sum(compute_ms.values()),
-            "compute_ms": max(compute_ms.values()) + fusion_ms,
+            "submodel_compute_ms": max(compute_ms),
+            "submodel_compute_total_ms": sum(compute_ms),
+            "compute_ms": max(compute_ms) + fusion_ms,
         }
         if missing:
             parameters["missing"] = ",".join(str(i) for i in sorted(missing))
-            parameters["missing_reason"] = "; ".join(f"sub-model {i}: {why}" for i, why in sorted(missing.items()))
+            parameters["missing_reason"] = _reasons(missing)
         return InferResult({LOGITS_OUTPUT: logits}, parameters)
 
     # In-process reference ------------------------------------------------------------------
