@@ -1,9 +1,10 @@
 """Small bundles of both kinds the runtime serves, built in seconds: for its tests and benchmark.
 
-* `build_split_bundle`: a thin CNN with a bottleneck at every candidate point, written in the
-  multi-point format (``coinfer.split/1``, as `coinfer.core.split_runtime` reads it);
-* `build_devit_bundle`: N tiny head-less ViTs and a DeViT fusion head, written with the DEKD
-  helper's own `write_devit_bundle` (kind ``"devit"``).
+* `build_split_bundle`: a thin CNN with a bottleneck at every candidate point, written by
+  `coinfer split`'s own `write_split_bundle` (``coinfer.split/1``, as `coinfer.core.split_point`
+  reads it);
+* `build_devit_bundle`: N tiny head-less ViTs and a DeViT fusion head, written with
+  `coinfer decompose`'s own `write_devit_bundle` (kind ``"devit"``).
 
 With ``epochs=0`` nothing is trained (tests only compare the runtime with the same modules run
 in-process); the benchmark trains briefly so that accuracies mean something. The real bundles
@@ -17,13 +18,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from coinfer.core.bundle import Bundle, PartToWrite, TensorSpec, write_bundle
+from coinfer.core.bundle import Bundle
 from coinfer.core.errors import InvalidInput
 
 log = logging.getLogger(__name__)
-
-SPLIT_SCHEMA = "coinfer.split/1"
-
 
 @dataclass(frozen=True)
 class SplitBundleConfig:
@@ -45,6 +43,8 @@ class SplitBundleConfig:
     seed: int = 0
     model_name: str = ""
     """Served model name; "" = "<dataset>-<arch>-split"."""
+    samples: int = 8
+    """Test images stored in the bundle for `coinfer profile`."""
 
 
 @dataclass(frozen=True)
@@ -75,30 +75,28 @@ def _train(model, splits, epochs: int, seed: int, desc: str) -> float:
 
 
 def build_split_bundle(out_dir: str | Path, config: SplitBundleConfig | None = None, *, overwrite: bool = False) -> Bundle:
-    """Write a coinfer.split/1 bundle: whole model, and head/encoder/decoder/tail at points 1..4."""
+    """Write a coinfer.split/1 bundle with `coinfer split`'s writer: whole model, and
+    head/encoder/decoder/tail at points 1..4."""
     import torch
 
-    from coinfer.core.data import load_dataset
+    from coinfer.core.data import load_dataset, to_float
     from coinfer.core.models import build_model
     from coinfer.core.models.autoencoders import Bottleneck, BottleneckConfig
+    from coinfer.server.split.bundle import PointParts, write_split_bundle
 
     config = config or SplitBundleConfig()
     if config.bits not in (0, 2, 4, 8):
         raise InvalidInput(f"bits must be 0, 2, 4 or 8, got {config.bits}")
     splits = load_dataset(config.dataset, seed=config.seed)
-    channels, height, width = splits.image_shape
+    channels, height, _ = splits.image_shape
     torch.manual_seed(config.seed)
     model = build_model(
         {"arch": config.arch, "in_chans": channels, "num_classes": splits.num_classes, "image_size": height, "width_mult": config.width_mult}
     )
     test_accuracy = _train(model, splits, config.epochs, config.seed, "split-backbone")
-    base = model.config_dict()
     last = model.num_points - 1
-    image = TensorSpec("image", "FP32", (-1, channels, height, width))
-    logits = TensorSpec("logits", "FP32", (-1, splits.num_classes))
-    parts = [PartToWrite("model", model.state_dict(), role="model", config=base, inputs=[image], outputs=[logits])]
-    points = [{"index": 0, "name": model.point_names[0], "head": None, "encoder": None, "decoder": None, "tail": "model", "bits": 0, "compress": False}]
-    x_train = torch.from_numpy(splits.train.x[:512]).float().div(255.0)
+    x_train = to_float(splits.train.x[:512])
+    points = []
     for point in range(1, last):
         shape = model.feature_shape(point)  # (1, C, H, W)
         c, size = int(shape[1]), int(shape[2])
@@ -109,36 +107,17 @@ def build_split_bundle(out_dir: str | Path, config: SplitBundleConfig | None = N
         if config.ae_steps:
             _fit_bottleneck(ae, head, x_train, config.ae_steps, config.seed + point)
         ae.eval()
-        feature = TensorSpec("feature", "FP32", (-1, *shape[1:]))
-        latent = TensorSpec("latent", "FP32", (-1, *ae_config.latent_shape(1)[1:]))
-        prefix = f"point{point}"
-        parts += [
-            PartToWrite(f"{prefix}.head", head.state_dict(), role="head", config={**base, "segment": [0, point]}, inputs=[image], outputs=[feature]),
-            PartToWrite(f"{prefix}.encoder", ae.encoder.state_dict(), role="encoder", config=ae.encoder.config_dict(), inputs=[feature], outputs=[latent]),
-            PartToWrite(f"{prefix}.decoder", ae.decoder.state_dict(), role="decoder", config=ae.decoder.config_dict(), inputs=[latent], outputs=[feature]),
-            PartToWrite(f"{prefix}.tail", tail.state_dict(), role="tail", config={**base, "segment": [point, last]}, inputs=[feature], outputs=[logits]),
-        ]
-        points.append(
-            {"index": point, "name": model.point_names[point], "head": f"{prefix}.head", "encoder": f"{prefix}.encoder",
-             "decoder": f"{prefix}.decoder", "tail": f"{prefix}.tail", "bits": config.bits, "compress": False}
-        )
-    points.append({"index": last, "name": model.point_names[last], "head": "model", "encoder": None, "decoder": None, "tail": None, "bits": 0, "compress": False})
+        points.append(PointParts(point, model.point_names[point], head, ae.encoder, ae.decoder, tail, config.bits, False,
+                                 tuple(shape), ae_config.latent_shape(1)))
     name = config.model_name or f"{config.dataset}-{config.arch}-split"
-    metadata = {
-        "model_name": name,
-        "split": {
-            "schema": SPLIT_SCHEMA,
-            "backbone": config.arch,
-            "dataset": config.dataset,
-            "input_shape": [channels, height, width],
-            "num_classes": splits.num_classes,
-            "points": points,
-        },
-        "test_accuracy": test_accuracy,
-        "runtime_fixture": json.loads(json.dumps(config.__dict__)),
-    }
+    fixture = json.loads(json.dumps(config.__dict__))
     log.info("split bundle %s: backbone test accuracy %.4f", name, test_accuracy)
-    return write_bundle(out_dir, name=name, kind="split-points", parts=parts, metadata=metadata, overwrite=overwrite)
+    return write_split_bundle(
+        out_dir, backbone=model, dataset=config.dataset, points=points,
+        samples=(splits.test.x[: config.samples], splits.test.y[: config.samples]),
+        report_json=json.dumps({"test_accuracy": test_accuracy, "runtime_fixture": fixture}, indent=2),
+        name=name, metadata={"model_name": name, "test_accuracy": test_accuracy, "runtime_fixture": fixture}, overwrite=overwrite,
+    )
 
 
 def _fit_bottleneck(ae, head, x, steps: int, seed: int) -> None:
@@ -171,7 +150,7 @@ def build_devit_bundle(out_dir: str | Path, config: DeViTBundleConfig | None = N
     from coinfer.core.bundle import load_bundle
     from coinfer.core.data import load_dataset
     from coinfer.core.models.vit import ViTConfig, VisionTransformer
-    from coinfer.server.dekd.artifact import write_devit_bundle
+    from coinfer.core.devit_bundle import write_devit_bundle
     from coinfer.server.dekd.ensemble import DeViTEnsemble
     from coinfer.core.models.fusion import DeViTFusion, FusionConfig
 

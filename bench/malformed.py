@@ -24,6 +24,7 @@ import numpy as np
 
 from coinfer.core.bundle import Bundle
 from coinfer.core.codec import encode, to_bytes
+from coinfer.core.model_io import DEFAULT_MAX_BATCH, IMAGE_INPUT
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import inference_pb2 as pb
 from coinfer.protos.oip import build_infer_request
@@ -49,7 +50,7 @@ class FuzzTarget:
     part: str
     """One of its parts."""
     part_size_bytes: int
-    max_batch: int = 256
+    max_batch: int = DEFAULT_MAX_BATCH
     """Largest batch the daemons accept."""
     max_message_bytes: int = 1 << 20
     """The daemons' message size limit (oversized cases send more)."""
@@ -60,27 +61,29 @@ class FuzzTarget:
 def target_from_bundles(split: Bundle, devit: Bundle | None = None, *, max_message_bytes: int = 1 << 20,
                         submodel_part: str | None = None) -> FuzzTarget:
     """A FuzzTarget for a coordinator serving ``split`` (coinfer.split/1) and optionally ``devit``."""
-    from coinfer.core.split_runtime import load_split_plan
+    from coinfer.core.devit_bundle import read_devit_layout
+    from coinfer.core.split_point import load_split_plan
+    from coinfer.server.deployment import ServingSettings
 
     plan = load_split_plan(split)
     points: dict[int, tuple[int, ...]] = {}
     local = max(p.index for p in plan.points)
     for p in plan.points:
-        if p.tail is None:
+        if not p.offload:
             local = p.index
-        elif p.index == 0:
+        elif p.sends_image:
             points[0] = tuple(plan.input_shape)
         else:
-            first = split.part(p.decoder or p.tail).inputs[0]
+            first = split.part(p.server_parts[0]).inputs[0]
             points[p.index] = tuple(first.shape[1:])
     devit_name, submodel = None, None
     if devit is not None:
-        devit_name = str(devit.metadata.get("model_name") or devit.name)
-        parts = devit.metadata["devit"]["device_parts"]
-        submodel = (devit_name, devit.name, submodel_part or parts[0])
+        layout = read_devit_layout(devit)
+        devit_name = layout.model_name
+        submodel = (devit_name, devit.name, submodel_part or layout.submodel_parts[0])
     spec = split.manifest.parts[0]
     return FuzzTarget(
-        split_model=str(split.metadata.get("model_name") or split.name),
+        split_model=ServingSettings.from_metadata(split).model_name,
         devit_model=devit_name,
         image_shape=tuple(plan.input_shape),  # type: ignore[arg-type]
         offload_points=points,
@@ -132,7 +135,7 @@ def _images(t: FuzzTarget, rng: random.Random, batch: int | None = None) -> np.n
 
 
 def _valid(t: FuzzTarget, rng: random.Random) -> pb.ModelInferRequest:
-    return build_infer_request(_model(t, rng), {"image": _images(t, rng)}, request_id=f"fuzz-{rng.getrandbits(32):08x}")
+    return build_infer_request(_model(t, rng), {IMAGE_INPUT: _images(t, rng)}, request_id=f"fuzz-{rng.getrandbits(32):08x}")
 
 
 def _oip(mutate: Callable[[pb.ModelInferRequest, FuzzTarget, random.Random], None], expected: frozenset) -> CaseFn:
@@ -238,7 +241,7 @@ def _no_inputs(r, t, rng) -> None:
 
 def _oversized_batch(r, t, rng) -> None:
     images = _images(t, rng, t.max_batch + rng.randint(1, 16))
-    fresh = build_infer_request(r.model_name, {"image": images})
+    fresh = build_infer_request(r.model_name, {IMAGE_INPUT: images})
     r.CopyFrom(fresh)
 
 
@@ -264,7 +267,7 @@ def _bad_deadline(r, t, rng) -> None:
 def _oversized_message(t: FuzzTarget, rng: random.Random) -> tuple[bytes, frozenset]:
     side = int(np.prod(t.image_shape))
     n = t.max_message_bytes // side + 1 + rng.randint(0, 8)
-    request = build_infer_request(_model(t, rng), {"image": np.zeros((n, *t.image_shape), np.uint8)})
+    request = build_infer_request(_model(t, rng), {IMAGE_INPUT: np.zeros((n, *t.image_shape), np.uint8)})
     return request.SerializeToString(), TOO_BIG
 
 
@@ -474,5 +477,5 @@ CASES_BY_NAME = {case.name: case for case in CASES}
 
 def valid_infer(t: FuzzTarget, model: str, rng: random.Random) -> MalformedCall:
     """A well-formed ModelInfer (expected OK), sent between malformed ones."""
-    request = build_infer_request(model, {"image": _images(t, rng, 1)})
+    request = build_infer_request(model, {IMAGE_INPUT: _images(t, rng, 1)})
     return MalformedCall("valid", "oip", OIP + "ModelInfer", request.SerializeToString(), frozenset({Code.OK}))

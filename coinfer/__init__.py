@@ -6,4 +6,4 @@ The installed package maps the repository's role folders under one namespace:
 profiling), ``coinfer.rl`` (simulators, MAHPPO, baselines) and ``coinfer.protos`` (wire contract).
 """
 
-__version__ = "0.1.0"
+from coinfer.core.version import __version__

@@ -3,7 +3,8 @@
 It exists to carry the runtime end to end (registration, part download, head on the device,
 8-bit feature over the link, tail on the coordinator) before the real split-point training and
 scheduling arrive; it is deliberately small and quick to train on a CPU. The bundle it writes is
-a regular "split" bundle (see `coinfer.server.deployment` for the metadata keys).
+the single-point kind "split" (see `coinfer.core.split_point` for how it is read, and
+`coinfer.server.deployment` for the serving keys).
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ from pathlib import Path
 
 from coinfer.core.bundle import Bundle, PartToWrite, TensorSpec, load_bundle, write_bundle
 from coinfer.core.errors import CoinferError, InvalidInput
-from coinfer.server.deployment import SPLIT_KIND
+from coinfer.core.model_io import DEFAULT_MAX_BATCH, FEATURE, IMAGE_INPUT, LOGITS_OUTPUT
+from coinfer.core.split_point import SPLIT_KIND
+from coinfer.server.deployment import DEFAULT_POWER_W, DEFAULT_SUB_CHANNELS
 
 log = logging.getLogger(__name__)
-
-IMAGE_INPUT = "image"
-FEATURE = "feature"
-LOGITS_OUTPUT = "logits"
 
 
 @dataclass(frozen=True)
@@ -105,9 +104,9 @@ def build_skeleton_bundle(out_dir: str | Path, config: SkeletonConfig | None = N
         "split_point_name": model.point_names[point],
         "codec_bits": config.codec_bits,
         "codec_compress": False,
-        "power_w": 0.1,
-        "num_sub_channels": 2,
-        "max_batch": 256,
+        "power_w": DEFAULT_POWER_W,
+        "num_sub_channels": DEFAULT_SUB_CHANNELS,
+        "max_batch": DEFAULT_MAX_BATCH,
         "input_scaling": "uint8 / 255",
         "dataset": config.dataset,
         "class_names": list(splits.class_names),

@@ -39,6 +39,14 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]
 
+    def accepts(self, datatype: str, shape: Sequence[int]) -> bool:
+        """Whether a tensor of ``datatype`` and ``shape`` fits this declaration."""
+        return (
+            datatype == self.datatype
+            and len(shape) == len(self.shape)
+            and all(want in (-1, got) for want, got in zip(self.shape, shape))
+        )
+
 
 @dataclass(frozen=True)
 class PartSpec:

@@ -1,10 +1,11 @@
 """What a device computes for a request: the split path and DeViT sub-models.
 
 Split path, at the point the scheduler assigned (read once per request, so a new decision
-applies from the next request): the device parts run on the image; at the local point their
-output is the answer; otherwise the result (the raw image at point 0) is encoded by the core
-codec, one message per image when the bundle says so, and offloaded to the coordinator's tail
-under the request's deadline. If the coordinator cannot be reached, a device holding the whole
+applies from the next request): the core's device half of that point
+(`coinfer.core.split_point.DeviceHalf`) runs the device parts on the image; at the local point
+their output is the answer; otherwise it encodes the result (the raw image at point 0), one
+message per image when the bundle says so, and it is offloaded to the coordinator's tail under
+the request's deadline. If the coordinator cannot be reached, a device holding the whole
 model answers alone and says so (``fallback``); for a moment after such a failure it does not
 try the coordinator again, so a dead coordinator costs one failed call, not one per request.
 
@@ -24,8 +25,8 @@ from typing import Callable
 
 import numpy as np
 
-from coinfer.core.codec import encode, to_bytes
 from coinfer.core.errors import CoinferError, FailedPrecondition, InvalidInput, Unavailable
+from coinfer.core.split_point import run_on_images
 from coinfer.edge.coordinator_client import CoordinatorClient
 from coinfer.edge.loaded import LoadedAssignment
 from coinfer.edge.metrics import EdgeMetrics
@@ -34,21 +35,6 @@ from coinfer.protos.oip import ParameterValue
 from coinfer.serving.oip_service import InferCall
 
 log = logging.getLogger(__name__)
-
-
-def _run(modules, x):
-    import torch
-
-    with torch.inference_mode():
-        for module in modules:
-            x = module(x)
-    return x
-
-
-def _to_float(images: np.ndarray):
-    from coinfer.core.data import to_float
-
-    return to_float(images)
 
 
 class EdgeInference:
@@ -76,7 +62,8 @@ class EdgeInference:
     def split(self, loaded: LoadedAssignment, images: np.ndarray, call: InferCall) -> tuple[np.ndarray, dict[str, ParameterValue]]:
         """Logits (FP32) for uint8 images, and the response parameters."""
         a = loaded.assignment
-        plan = loaded.point()
+        half = loaded.device_half()
+        plan = half.plan
         params: dict[str, ParameterValue] = {
             "split_point": plan.index,
             "sub_channel": a.sub_channel,
@@ -90,17 +77,15 @@ class EdgeInference:
         with self.stats.request():
             started = time.perf_counter()
             with self.stats.computing():
-                x = _run(loaded.device_modules(plan), _to_float(images)) if plan.device_parts else images
+                sent = half.run(images)
             head_ms = (time.perf_counter() - started) * 1e3
             if not plan.offload:  # the local point: the device parts are the whole model
                 self.metrics.compute.labels(a.model_name, "local").observe(head_ms / 1e3)
                 params.update(head_ms=head_ms, compute_ms=head_ms, payload_bytes=0, offloaded=False)
-                return x.float().numpy(), params
+                return sent, params
             self.metrics.compute.labels(a.model_name, "head").observe(head_ms / 1e3)
             encoded = time.perf_counter()
-            array = x if isinstance(x, np.ndarray) else x.float().numpy()
-            chunks = [array[i : i + 1] for i in range(len(array))] if a.codec_per_image else [array]
-            payloads = [to_bytes(encode(c, bits=plan.codec_bits, compress=plan.codec_compress)) for c in chunks]
+            payloads = half.encode(sent)
             encode_ms = (time.perf_counter() - encoded) * 1e3
             payload_bytes = sum(len(p) for p in payloads)
             params.update(head_ms=head_ms, encode_ms=encode_ms, payload_bytes=payload_bytes)
@@ -158,7 +143,7 @@ class EdgeInference:
         a = loaded.assignment
         started = time.perf_counter()
         with self.stats.computing():
-            logits = _run(loaded.fallback_modules(), _to_float(images)).float().numpy()
+            logits = run_on_images(loaded.fallback_modules(), images)
         local_ms = (time.perf_counter() - started) * 1e3
         self.metrics.fallbacks.labels(a.model_name).inc()
         self.metrics.compute.labels(a.model_name, "fallback").observe(local_ms / 1e3)
@@ -181,7 +166,7 @@ class EdgeInference:
         with self.stats.request():
             started = time.perf_counter()
             with self.stats.computing():
-                feature = _run([module], _to_float(images)).float().numpy()
+                feature = run_on_images([module], images)
             compute_ms = (time.perf_counter() - started) * 1e3
         self.metrics.submodel_calls.labels(model_name, "OK").inc()
         self.metrics.compute.labels(model_name, "submodel").observe(compute_ms / 1e3)

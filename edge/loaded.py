@@ -13,9 +13,9 @@ import threading
 from typing import Iterable
 
 from coinfer.core.errors import InvalidInput, NotFound
+from coinfer.core.split_point import DeviceHalf
 from coinfer.edge.part_cache import FetchFn, PartCache
-from coinfer.serving.parts import load_part_module
-from coinfer.protos.v1 import Assignment, PartRef, PointPlan, SubModelRef
+from coinfer.protos.v1 import Assignment, PartRef, SubModelRef
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class LoadedAssignment:
     def __init__(self, assignment: Assignment, modules: dict[tuple[str, str], object]) -> None:
         self.assignment = assignment
         self._modules = modules
+        self._halves: dict[int, DeviceHalf] = {}
 
     def module(self, bundle: str, part: str):
         try:
@@ -36,12 +37,14 @@ class LoadedAssignment:
         except KeyError:
             raise NotFound(f"part {bundle}/{part} is not loaded on this device") from None
 
-    def point(self, index: int | None = None) -> PointPlan:
-        return self.assignment.point_plan(index)
-
-    def device_modules(self, plan: PointPlan) -> list:
-        """The modules the device runs at ``plan``'s point, in order."""
-        return [self.module(self.assignment.bundle, name) for name in plan.device_parts]
+    def device_half(self, index: int | None = None) -> DeviceHalf:
+        """The device half of split point ``index`` (default: the assigned one), built once per assignment."""
+        plan = self.assignment.point_plan(index)
+        half = self._halves.get(plan.index)
+        if half is None:
+            modules = [self.module(self.assignment.bundle, name) for name in plan.device_parts]
+            half = self._halves[plan.index] = DeviceHalf(plan, modules, self.assignment.codec_per_image)
+        return half
 
     def fallback_modules(self) -> list:
         """The whole split model (empty when the coordinator gave no fallback)."""
@@ -81,7 +84,7 @@ class ModuleStore:
                 if module is None:
                     if opened is None:
                         opened = self.cache.open_bundle(bundle, [r.spec for r in refs])
-                    module = load_part_module(opened, ref.spec.name)
+                    module = opened.load_module(ref.spec.name)
                     with self._lock:
                         self._modules[key] = module
                 modules[(bundle, ref.spec.name)] = module

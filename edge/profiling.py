@@ -1,7 +1,7 @@
 """Measure a split bundle's per-point cost on this machine, as a `coinfer.profile/1` device profile.
 
-For every split point of the bundle the device side (head, encoder, codec; see
-``coinfer.core.split_runtime.DeviceSide``) runs on the bundle's own sample images:
+For every split point of the bundle the device half (head, encoder, codec; see
+``coinfer.core.split_point.DeviceHalf``) runs on the bundle's own sample images, one at a time:
 
 * latency: median of repeated batch-1 runs after warm-up, with a fixed number of threads;
 * energy and power: the same work repeated for a measuring window bracketed by an energy meter
@@ -72,7 +72,8 @@ def profile_bundle(bundle_path: str | Path, config: ProfileConfig | None = None)
     from coinfer.core.bundle import load_bundle
     from coinfer.core.measure import measure_latency, torch_threads
     from coinfer.core.models import count_macs
-    from coinfer.core.split_runtime import MODEL_PART, DeviceSide, load_samples, load_split_plan
+    from coinfer.core.data import to_float
+    from coinfer.core.split_point import MODEL_PART, DeviceHalf, load_samples, load_split_plan
 
     config = config or ProfileConfig()
     if isinstance(config.threads, bool) or not isinstance(config.threads, int) or config.threads < 1:
@@ -90,13 +91,12 @@ def profile_bundle(bundle_path: str | Path, config: ProfileConfig | None = None)
     costs, details = [], []
     bar = tqdm(plan.points, desc="profile", disable=not config.progress, leave=False)
     for point in bar:
-        device = DeviceSide.from_bundle(bundle, point.index, plan)
+        device = DeviceHalf.from_bundle(bundle, point.index, plan)
         # The untimed passes too run on the profiled thread count: torch's default pool is far
         # slower on cores other jobs keep busy, and autograd is never needed here.
         with torch_threads(config.threads), torch.inference_mode():
-            payloads = [device(image) for image in images]
-        sizes = np.array([len(p) for p in payloads], dtype=np.int64)
-        image = images[0]
+            sizes = np.array([sum(map(len, device(images[i : i + 1]))) for i in range(len(images))], dtype=np.int64)
+        image = images[:1]
         stats = measure_latency(lambda: device(image), warmup=config.warmup, repeats=config.repeats,
                                 threads=config.threads)
         # Energy over a window of back-to-back runs: one run is too short for any meter.
@@ -104,7 +104,7 @@ def profile_bundle(bundle_path: str | Path, config: ProfileConfig | None = None)
         with torch_threads(config.threads), torch.inference_mode():
             meter.start()
             for i in range(runs):
-                device(images[i % len(images)])
+                device(images[i % len(images)][None])
             reading = meter.stop()
         energy_j = reading.energy_j / runs
         if point.index == 0:
@@ -115,8 +115,8 @@ def profile_bundle(bundle_path: str | Path, config: ProfileConfig | None = None)
             encoder_macs = 0
         else:
             with torch_threads(config.threads), torch.inference_mode():
-                feature = model.forward_head(torch.from_numpy(image[None]).float() / 255.0, point.index)
-                encoder_macs = count_macs(device.encoder, feature)
+                feature = model.forward_head(to_float(image), point.index)
+                encoder_macs = count_macs(device.modules[-1], feature)  # the encoder, after the head
             feature_bits = 32 * int(feature[0].numel())
         head_macs = model.head_macs(point.index) + encoder_macs
         uplink_bits = 0 if point.index == last else 8 * int(round(float(sizes.mean())))
@@ -131,7 +131,7 @@ def profile_bundle(bundle_path: str | Path, config: ProfileConfig | None = None)
             "latency_runs": stats.runs, "energy_runs": runs, "energy_window_s": round(reading.wall_s, 4),
             "busy_cores": round(reading.busy_cores, 3), "payload_bytes_mean": float(sizes.mean()),
             "payload_bytes_min": int(sizes.min()), "payload_bytes_max": int(sizes.max()),
-            "bits": point.bits, "compress": point.compress, "encoder_macs": int(encoder_macs),
+            "bits": point.codec_bits, "compress": point.codec_compress, "encoder_macs": int(encoder_macs),
         })
     bar.close()
     source = describe_meter(meter)

@@ -14,6 +14,7 @@ import numpy as np
 
 from coinfer.core.codec import tensor_from_raw, tensor_to_raw
 from coinfer.core.errors import InvalidInput, NotFound, Unavailable
+from coinfer.core.model_io import DEFAULT_MAX_BATCH
 from coinfer.edge.daemon import EdgeDaemon
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
@@ -21,7 +22,6 @@ from coinfer.protos.oip import TensorMeta, build_infer_request, infer_response_o
 from coinfer.serving.oip_service import InferCall, InferResult
 from coinfer.protos.v1 import ModelInfo
 
-DEFAULT_MAX_BATCH = 256
 EDGE_SERVICE_NAME = "coinfer.v1.Edge"
 
 

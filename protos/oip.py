@@ -13,6 +13,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from coinfer.core.bundle import TensorSpec
 from coinfer.core.codec import DATATYPES, datatype_of, tensor_from_raw, tensor_to_raw
 from coinfer.core.errors import InvalidInput
 from coinfer.protos import inference_pb2 as pb
@@ -20,21 +21,9 @@ from coinfer.protos import inference_pb2 as pb
 ParameterValue = bool | int | float | str
 
 
-@dataclass(frozen=True)
-class TensorMeta:
-    """Declared name, OIP datatype and shape of a model input or output (-1 = any size)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def accepts(self, datatype: str, shape: Sequence[int]) -> bool:
-        """Whether a tensor of ``datatype`` and ``shape`` fits this declaration."""
-        return (
-            datatype == self.datatype
-            and len(shape) == len(self.shape)
-            and all(want in (-1, got) for want, got in zip(self.shape, shape))
-        )
+TensorMeta = TensorSpec
+"""Declared name, OIP datatype and shape of a model input or output (-1 = any size): the core's
+`TensorSpec`, under the name the servicers use."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """coinfer.v1 messages <-> domain values, shared by the coordinator and the edge daemon.
 
-The domain side is plain frozen dataclasses (and the core's `PartSpec`/`TensorSpec` for parts),
-so neither role's logic touches generated classes, and both read the wire the same way.
+The domain side is plain frozen dataclasses (and the core's `PartSpec`/`TensorSpec` for parts
+and `PointPlan` for split points, which devices receive without its server parts), so neither
+role's logic touches generated classes, and both read the wire the same way.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from coinfer.core.bundle import PartSpec, TensorSpec
 from coinfer.core.errors import InvalidInput, NotFound
+from coinfer.core.split_point import PointPlan
 from coinfer.protos import coinfer_v1_pb2 as v1
 
 
@@ -58,21 +60,6 @@ class LoadReport:
 # Compression setting of a point's latent: False, True, or None (only when it helps), as the codec takes it.
 _COMPRESSION_TO_PROTO = {False: v1.COMPRESSION_OFF, True: v1.COMPRESSION_ON, None: v1.COMPRESSION_AUTO}
 _COMPRESSION_FROM_PROTO = {value: key for key, value in _COMPRESSION_TO_PROTO.items()}
-
-
-@dataclass(frozen=True)
-class PointPlan:
-    """What a device does at one split point."""
-
-    index: int
-    name: str
-    device_parts: tuple[str, ...]
-    """Parts of the split bundle run on the image, in order (empty at point 0)."""
-    offload: bool
-    """Whether the result goes to the coordinator (false at the local point)."""
-    codec_bits: int
-    codec_compress: bool | None
-    """Codec zlib stage: on, off, or None = only when it shrinks the payload."""
 
 
 @dataclass(frozen=True)

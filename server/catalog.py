@@ -18,10 +18,12 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from coinfer.core.bundle import Bundle, load_bundle
+from coinfer.core.devit_bundle import DEVIT_KIND
 from coinfer.core.errors import IntegrityError, InvalidInput, NotFound
 from coinfer.serving.oip_service import InferCall, InferResult
-from coinfer.server.deployment import SplitDeployment, is_split_bundle
-from coinfer.server.devit_service import DEVIT_KIND, DeViTServeConfig, DeViTServing, FanOutRouter
+from coinfer.core.split_point import is_split_bundle
+from coinfer.server.deployment import SplitDeployment
+from coinfer.server.devit_service import DeViTServeConfig, DeViTServing, FanOutRouter
 
 DEFAULT_CHUNK_BYTES = 256 * 1024
 MAX_CHUNK_BYTES = 4 * 1024 * 1024

@@ -7,6 +7,10 @@ has a learned stand-in for each device and is trained with device dropout); the 
 ``degraded`` and which devices contributed. Fewer than ``min_devices`` features is UNAVAILABLE,
 naming what happened to each missing one. A device whose connection is refused is skipped for
 a moment, so a dead device costs one failed call rather than a wait per request.
+
+A request is two steps: `DeViTServing.fan_out` (the features that arrived, and why each other
+one is missing: a `FanOut`) and `DeViTServing.fuse_and_respond` (the fused logits and the
+response parameters).
 """
 
 from __future__ import annotations
@@ -22,20 +26,18 @@ from typing import Protocol
 import grpc
 import numpy as np
 
-from coinfer.core.bundle import Bundle
+from coinfer.core.bundle import Bundle, TensorSpec
 from coinfer.core.codec import tensor_from_raw, tensor_to_raw
+from coinfer.core.devit_bundle import read_devit_layout
 from coinfer.core.errors import DeadlineExceeded, InvalidInput, Unavailable
+from coinfer.core.model_io import DEFAULT_MAX_BATCH, IMAGE_INPUT, LOGITS_OUTPUT
 from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import coinfer_v1_pb2_grpc as v1_grpc
-from coinfer.protos.oip import TensorMeta
 from coinfer.serving.oip_service import InferCall, InferResult
-from coinfer.serving.parts import load_part_module
 from coinfer.protos.v1 import ModelInfo
-from coinfer.server.deployment import DEFAULT_MAX_BATCH, IMAGE_INPUT, LOGITS_OUTPUT
 
 log = logging.getLogger(__name__)
 
-DEVIT_KIND = "devit"
 PLATFORM = "coinfer_devit"
 
 
@@ -79,18 +81,50 @@ class DeViTServeConfig:
     """Most sub-model calls in flight at once over all requests (threads kept for them)."""
 
 
+@dataclass(frozen=True)
+class Arrived:
+    """A sub-model's features, back from its device in time."""
+
+    feature: np.ndarray
+    """FP32 (B, width)."""
+    device_name: str
+    compute_ms: float
+    """What the device says it spent computing them."""
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """What one fan-out brought back: the features that arrived and why each other one is missing."""
+
+    arrived: dict[int, Arrived]
+    """Sub-model index -> its features."""
+    missing: dict[int, str]
+    """Sub-model index -> why it has none (no holder, skipped, deadline, the device's error)."""
+    elapsed_ms: float
+    """From the start of the fan-out to the last reply."""
+
+
+def _why_not_call(holder: Holder | None, deadline: float) -> str:
+    """Why a sub-model's device is not called ("" = call it)."""
+    if holder is None:
+        return "no live device has it loaded"
+    if holder.skip_reason:
+        return f"{holder.device_name}: {holder.skip_reason}"
+    if deadline <= time.monotonic():
+        return "no time left before the deadline"
+    return ""
+
+
+def _reasons(missing: dict[int, str]) -> str:
+    return "; ".join(f"sub-model {i}: {why}" for i, why in sorted(missing.items()))
+
+
 def _run_submodel(stub: v1_grpc.EdgeStub, request: v1.RunSubModelRequest, deadline: float) -> v1.RunSubModelResponse | None:
     """The device's reply, or None when the call waited for a pool thread until the deadline."""
     left = deadline - time.monotonic()  # taken when the call starts: time queued counts against it
     if left <= 0:
         return None
     return stub.RunSubModel(request, timeout=left)
-
-
-def _fusion_builders():
-    from coinfer.core.models.fusion import ARCH, build_fusion
-
-    return {ARCH: build_fusion}
 
 
 class DeViTServing:
@@ -100,29 +134,17 @@ class DeViTServing:
     platform = PLATFORM
 
     def __init__(self, bundle: Bundle, config: DeViTServeConfig | None = None, router: FanOutRouter | None = None) -> None:
-        if bundle.kind != DEVIT_KIND:
-            raise InvalidInput(f"bundle {bundle.path} is of kind {bundle.kind!r}, not a DeViT bundle")
-        info = bundle.metadata.get("devit")
-        if not isinstance(info, dict) or not isinstance(info.get("device_parts"), list):
-            raise InvalidInput(f"{bundle.path}: metadata 'devit' with device_parts is missing")
+        layout = read_devit_layout(bundle)
         self.bundle = bundle
         self.config = config or DeViTServeConfig()
         self.router = router
-        self.name = str(bundle.metadata.get("model_name") or bundle.name)
-        self.submodel_parts: tuple[str, ...] = tuple(str(p) for p in info["device_parts"])
-        self.fusion_part = str(info.get("fusion_part", "fusion"))
-        self.fusion = load_part_module(bundle, self.fusion_part, _fusion_builders())
-        self.feature_dims: tuple[int, ...] = tuple(self.fusion.config.feature_dims)
-        if len(self.feature_dims) != len(self.submodel_parts):
-            raise InvalidInput(
-                f"{bundle.path}: {len(self.submodel_parts)} sub-model parts for a fusion head of {len(self.feature_dims)} devices"
-            )
-        first = bundle.part(self.submodel_parts[0]).inputs
-        if len(first) != 1 or len(first[0].shape) != 4:
-            raise InvalidInput(f"{bundle.path}: sub-model {self.submodel_parts[0]!r} must take one image batch (B, C, H, W)")
-        _, channels, height, width = first[0].shape
-        self.inputs = (TensorMeta(IMAGE_INPUT, "UINT8", (-1, channels, height, width)),)
-        self.outputs = (TensorMeta(LOGITS_OUTPUT, "FP32", (-1, self.fusion.config.num_classes)),)
+        self.name = layout.model_name
+        self.submodel_parts = layout.submodel_parts
+        self.fusion_part = layout.fusion_part
+        self.fusion = bundle.load_module(layout.fusion_part)
+        self.feature_dims = layout.feature_dims
+        self.inputs = (TensorSpec(IMAGE_INPUT, "UINT8", (-1, *layout.image_shape)),)
+        self.outputs = (TensorSpec(LOGITS_OUTPUT, "FP32", (-1, layout.num_classes)),)
         self.max_batch = DEFAULT_MAX_BATCH
         n = len(self.submodel_parts)
         self.min_devices = self.config.min_devices or math.ceil(n / 2)
@@ -144,14 +166,7 @@ class DeViTServing:
 
     def model_info(self) -> ModelInfo:
         """What an edge daemon needs to forward this model (its OIP metadata)."""
-        from coinfer.core.bundle import TensorSpec
-
-        return ModelInfo(
-            self.name,
-            self.platform,
-            tuple(TensorSpec(m.name, m.datatype, m.shape) for m in self.inputs),
-            tuple(TensorSpec(m.name, m.datatype, m.shape) for m in self.outputs),
-        )
+        return ModelInfo(self.name, self.platform, self.inputs, self.outputs)
 
     def _callable_holders(self) -> int:
         if self.router is None:
@@ -169,34 +184,25 @@ class DeViTServing:
     # Serving -------------------------------------------------------------------------------
 
     def infer(self, inputs: dict[str, np.ndarray], call: InferCall) -> InferResult:
-        import torch
+        """Fan the images out to the sub-models' devices, then fuse what arrived and answer."""
+        return self.fuse_and_respond(self.fan_out(inputs[IMAGE_INPUT], call))
 
-        if self.router is None:
+    def fan_out(self, images: np.ndarray, call: InferCall) -> FanOut:
+        """Ask every sub-model's device for its features, in parallel under one deadline."""
+        router = self.router
+        if router is None:
             raise Unavailable(f"model {self.name!r} has no device router")
         started = time.perf_counter()
-        images = inputs[IMAGE_INPUT]
-        now = time.monotonic()
-        deadline = min(now + call.remaining_s(self.config.timeout_s) - self.config.margin_s, now + self.config.timeout_s)
-        if deadline <= now:
-            # Fanning out would only produce an answer nobody waits for.
-            raise DeadlineExceeded(
-                f"model {self.name!r}: the request's deadline leaves {call.remaining_s(0.0) * 1e3:.1f} ms, less than the "
-                f"{self.config.margin_s * 1e3:.1f} ms kept for fusion and reply; allow more time (deadline_ms or the call's deadline)"
-            )
-        holders = self.router.holders(self.name)
+        deadline = self._deadline(call)
+        holders = router.holders(self.name)
         datatype, shape, raw = tensor_to_raw(images)
         missing: dict[int, str] = {}
         calls: dict[int, tuple[Holder, Future, float]] = {}
         for index, part in enumerate(self.submodel_parts):
             holder = holders.get(index)
-            if holder is None:
-                missing[index] = "no live device has it loaded"
-                continue
-            if holder.skip_reason:
-                missing[index] = f"{holder.device_name}: {holder.skip_reason}"
-                continue
-            if deadline <= time.monotonic():
-                missing[index] = "no time left before the deadline"
+            reason = _why_not_call(holder, deadline)
+            if holder is None or reason:
+                missing[index] = reason
                 continue
             request = v1.RunSubModelRequest(
                 model_name=self.name,
@@ -205,56 +211,78 @@ class DeViTServing:
                 images=v1.RawTensor(datatype=datatype, shape=shape, data=raw),
                 request_id=call.request_id,
             )
-            calls[index] = (holder, self._fanout.submit(_run_submodel, self.router.stub(holder.address), request, deadline), time.perf_counter())
-        features: dict[int, np.ndarray] = {}
-        compute_ms: dict[int, float] = {}
-        contributors: dict[int, str] = {}
+            future = self._fanout.submit(_run_submodel, router.stub(holder.address), request, deadline)
+            calls[index] = (holder, future, time.perf_counter())
+        arrived: dict[int, Arrived] = {}
         for index, (holder, future, sent) in calls.items():
-            try:
-                reply = future.result()
-                if reply is None:
-                    missing[index] = f"{holder.device_name}: not called, the deadline passed while the call waited for a fan-out thread"
-                    continue
-                feature = tensor_from_raw(reply.feature.datatype, tuple(reply.feature.shape), reply.feature.data)
-                if feature.dtype != np.float32 or feature.shape != (len(images), self.feature_dims[index]):
-                    raise InvalidInput(f"sent a {feature.dtype} feature of shape {list(feature.shape)}, expected FP32 ({len(images)}, {self.feature_dims[index]})")
-            except grpc.RpcError as exc:
-                code = exc.code()
-                missing[index] = f"{holder.device_name}: {code.name}: {exc.details()}"
-                self.router.report(holder, self.name, False, code == grpc.StatusCode.UNAVAILABLE, time.perf_counter() - sent)
-                continue
-            except InvalidInput as exc:
-                missing[index] = f"{holder.device_name}: {exc}"
-                self.router.report(holder, self.name, False, False, time.perf_counter() - sent)
-                continue
-            self.router.report(holder, self.name, True, False, time.perf_counter() - sent)
-            features[index] = feature
-            compute_ms[index] = float(reply.compute_ms)
-            contributors[index] = holder.device_name
-        fanout_ms = (time.perf_counter() - started) * 1e3
-        if len(features) < self.min_devices:
-            reasons = "; ".join(f"sub-model {i}: {why}" for i, why in sorted(missing.items()))
+            outcome = self._collect(router, index, holder, future, sent, batch=len(images))
+            if isinstance(outcome, Arrived):
+                arrived[index] = outcome
+            else:
+                missing[index] = outcome
+        return FanOut(arrived, missing, (time.perf_counter() - started) * 1e3)
+
+    def _deadline(self, call: InferCall) -> float:
+        """When the fan-out must be over: the caller's deadline less the margin, capped by the timeout."""
+        now = time.monotonic()
+        deadline = min(now + call.remaining_s(self.config.timeout_s) - self.config.margin_s, now + self.config.timeout_s)
+        if deadline <= now:
+            # Fanning out would only produce an answer nobody waits for.
+            raise DeadlineExceeded(
+                f"model {self.name!r}: the request's deadline leaves {call.remaining_s(0.0) * 1e3:.1f} ms, less than the "
+                f"{self.config.margin_s * 1e3:.1f} ms kept for fusion and reply; allow more time (deadline_ms or the call's deadline)"
+            )
+        return deadline
+
+    def _collect(self, router: FanOutRouter, index: int, holder: Holder, future: Future, sent: float, batch: int) -> Arrived | str:
+        """One call's feature, or why there is none; the outcome is reported to the router."""
+        try:
+            reply = future.result()
+            if reply is None:
+                return f"{holder.device_name}: not called, the deadline passed while the call waited for a fan-out thread"
+            feature = tensor_from_raw(reply.feature.datatype, tuple(reply.feature.shape), reply.feature.data)
+            width = self.feature_dims[index]
+            if feature.dtype != np.float32 or feature.shape != (batch, width):
+                raise InvalidInput(f"sent a {feature.dtype} feature of shape {list(feature.shape)}, expected FP32 ({batch}, {width})")
+        except grpc.RpcError as exc:
+            code = exc.code()
+            router.report(holder, self.name, False, code == grpc.StatusCode.UNAVAILABLE, time.perf_counter() - sent)
+            return f"{holder.device_name}: {code.name}: {exc.details()}"
+        except InvalidInput as exc:
+            router.report(holder, self.name, False, False, time.perf_counter() - sent)
+            return f"{holder.device_name}: {exc}"
+        router.report(holder, self.name, True, False, time.perf_counter() - sent)
+        return Arrived(feature, holder.device_name, float(reply.compute_ms))
+
+    def fuse_and_respond(self, fan_out: FanOut) -> InferResult:
+        """The fused logits and the response parameters; UNAVAILABLE when too few features arrived."""
+        import torch
+
+        arrived, missing = fan_out.arrived, fan_out.missing
+        if len(arrived) < self.min_devices:
             raise Unavailable(
-                f"model {self.name!r}: {len(features)} of {self.num_submodels} sub-model features arrived within "
-                f"{fanout_ms:.0f} ms, {self.min_devices} needed ({reasons})"
+                f"model {self.name!r}: {len(arrived)} of {self.num_submodels} sub-model features arrived within "
+                f"{fan_out.elapsed_ms:.0f} ms, {self.min_devices} needed ({_reasons(missing)})"
             )
         fused = time.perf_counter()
         with torch.inference_mode():
-            logits = self.fusion.forward_available({i: torch.from_numpy(f) for i, f in sorted(features.items())}).float().numpy()
+            features = {i: torch.from_numpy(arrived[i].feature) for i in sorted(arrived)}
+            logits = self.fusion.forward_available(features).float().numpy()
         fusion_ms = (time.perf_counter() - fused) * 1e3
+        compute_ms = [a.compute_ms for a in arrived.values()]
         parameters: dict[str, bool | int | float | str] = {
-            "degraded": len(features) < self.num_submodels,
-            "devices": ",".join(contributors[i] for i in sorted(contributors)),
-            "submodels": ",".join(str(i) for i in sorted(features)),
-            "fanout_ms": fanout_ms,
+            "degraded": len(arrived) < self.num_submodels,
+            "devices": ",".join(arrived[i].device_name for i in sorted(arrived)),
+            "submodels": ",".join(str(i) for i in sorted(arrived)),
+            "fanout_ms": fan_out.elapsed_ms,
             "fusion_ms": fusion_ms,
-            "submodel_compute_ms": max(compute_ms.values()),
-            "submodel_compute_total_ms": sum(compute_ms.values()),
-            "compute_ms": max(compute_ms.values()) + fusion_ms,
+            "submodel_compute_ms": max(compute_ms),
+            "submodel_compute_total_ms": sum(compute_ms),
+            "compute_ms": max(compute_ms) + fusion_ms,
         }
         if missing:
             parameters["missing"] = ",".join(str(i) for i in sorted(missing))
-            parameters["missing_reason"] = "; ".join(f"sub-model {i}: {why}" for i, why in sorted(missing.items()))
+            parameters["missing_reason"] = _reasons(missing)
         return InferResult({LOGITS_OUTPUT: logits}, parameters)
 
     # In-process reference ------------------------------------------------------------------
@@ -270,7 +298,7 @@ class DeViTServing:
 
         with self._local_lock:
             if self._local is None:
-                self._local = [load_part_module(self.bundle, p) for p in self.submodel_parts]
+                self._local = [self.bundle.load_module(p) for p in self.submodel_parts]
         x = to_float(images)
         keep = range(self.num_submodels) if present is None else present
         with torch.inference_mode():

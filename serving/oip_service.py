@@ -16,8 +16,8 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from coinfer import __version__
 from coinfer.core.errors import InvalidInput, NotFound, ResourceExhausted, Unavailable
+from coinfer.core.version import __version__
 from coinfer.protos import inference_pb2 as pb
 from coinfer.protos import inference_pb2_grpc as pb_grpc
 from coinfer.serving.interceptors import status_of

@@ -44,6 +44,18 @@ def config_from_mapping(cls: type[C], values: Mapping[str, Any], what: str) -> C
         raise InvalidInput(f"{what}: {exc}") from exc
 
 
+def config_for_arch(cls: type[C], values: Mapping[str, Any], arch: str) -> C:
+    """``values`` as the dataclass ``cls`` of model ``arch``; its ``"arch"`` key may be absent, but
+    if present must be ``arch``. A mismatch or a bad key raises InvalidInput."""
+    if not isinstance(values, Mapping):
+        raise InvalidInput(f"{arch}: a model config must be a mapping, got {type(values).__name__}")
+    values = dict(values)
+    given = values.pop("arch", arch)
+    if given != arch:
+        raise InvalidInput(f"config is for arch {given!r}, not {arch!r}")
+    return config_from_mapping(cls, values, arch)
+
+
 def check_positive_int(what: str, name: str, value: object, minimum: int = 1) -> None:
     """Raise InvalidInput unless ``value`` is an int (not a bool) of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from coinfer.core.errors import InvalidInput
-from coinfer.core.models._config import check_positive_int, config_from_mapping
+from coinfer.core.models._config import check_positive_int, config_for_arch
 
 Design = Literal["paper", "ours"]
 Layout = Literal["map", "tokens"]
@@ -109,11 +109,7 @@ class _BottleneckPart(nn.Module):
     @classmethod
     def from_config_dict(cls, values: Mapping[str, Any]) -> _BottleneckPart:
         """Build from ``{"arch": ..., **BottleneckConfig fields}`` (the registry's entry point)."""
-        values = dict(values)
-        arch = values.pop("arch", cls.arch)
-        if arch != cls.arch:
-            raise InvalidInput(f"config is for arch {arch!r}, not {cls.arch!r}")
-        return cls(config_from_mapping(BottleneckConfig, values, cls.arch))
+        return cls(config_for_arch(BottleneckConfig, values, cls.arch))
 
     def config_dict(self) -> dict[str, Any]:
         """JSON-ready config; ``build_model(part.config_dict())`` rebuilds the same module."""

@@ -7,9 +7,9 @@ missing device is never silently read as a zero vector (zero is a real, confiden
 linear map). Trained with random device dropout, the missing embeddings learn what the absent
 device would have said on average.
 
-The part is rebuilt from a bundle with :func:`build_fusion` on its manifest config
-``{"arch": "devit-fusion", ...}``; it is not in the core model registry because it is not a
-splittable backbone.
+The fusion head is in the core model registry beside the backbones and the bottleneck halves,
+though it is not a splittable backbone: ``build_model({"arch": "devit-fusion", ...})`` (and so
+`Bundle.load_module` on a DeViT bundle's fusion part) rebuilds it from its manifest config.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from coinfer.core.errors import InvalidInput
-from coinfer.core.models._config import check_positive_int, config_from_mapping
+from coinfer.core.models._config import check_positive_int, config_for_arch
 
 ARCH = "devit-fusion"
 _WHAT = ARCH
@@ -80,8 +80,13 @@ class DeViTFusion(nn.Module):
             persistent=False,
         )
 
+    @classmethod
+    def from_config_dict(cls, values: Mapping[str, Any]) -> DeViTFusion:
+        """Build from ``{"arch": "devit-fusion", **FusionConfig fields}`` (the registry's entry point)."""
+        return cls(config_for_arch(FusionConfig, values, ARCH))
+
     def config_dict(self) -> dict[str, Any]:
-        """JSON-ready config; :func:`build_fusion` on it builds the same head."""
+        """JSON-ready config; ``build_model`` on it builds the same head."""
         out = {"arch": ARCH, **asdict(self.config)}
         out["feature_dims"] = list(self.config.feature_dims)
         return out
@@ -144,17 +149,6 @@ class DeViTFusion(nn.Module):
             parts.append(f)
             present[:, i] = True
         return self.forward(torch.cat(parts, dim=1), present.to(first.device))
-
-
-def build_fusion(config: Mapping[str, Any]) -> DeViTFusion:
-    """A fresh fusion head from its manifest config ``{"arch": "devit-fusion", ...}``."""
-    if not isinstance(config, Mapping):
-        raise InvalidInput(f"a fusion config must be a mapping, got {type(config).__name__}")
-    values = dict(config)
-    arch = values.pop("arch", ARCH)
-    if arch != ARCH:
-        raise InvalidInput(f"config is for arch {arch!r}, not {ARCH!r}")
-    return DeViTFusion(config_from_mapping(FusionConfig, values, ARCH))
 
 
 def fusion_input_names(num_devices: int) -> Sequence[str]:

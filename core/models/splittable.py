@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from coinfer.core.errors import InvalidInput, NotFound
-from coinfer.core.models._config import config_from_mapping
+from coinfer.core.models._config import config_for_arch
 from coinfer.core.models.macs import run_counting_macs
 
 NUM_POINTS = 6
@@ -154,11 +154,7 @@ class SplittableModel(nn.Module):
     @classmethod
     def from_config_dict(cls, values: Mapping[str, Any]) -> SplittableModel:
         """Build from a plain mapping of config fields (``"arch"`` may be present and must match)."""
-        values = dict(values)
-        arch = values.pop("arch", cls.arch)
-        if arch != cls.arch:
-            raise InvalidInput(f"config is for arch {arch!r}, not {cls.arch!r}")
-        return cls(config_from_mapping(cls.config_class, values, cls.arch))
+        return cls(config_for_arch(cls.config_class, values, cls.arch))
 
     def config_dict(self) -> dict[str, Any]:
         """JSON-ready config; ``build_model(model.config_dict())`` builds the same architecture."""

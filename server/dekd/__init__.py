@@ -4,8 +4,8 @@ Modules, in pipeline order: ``teacher`` (train / import / load the teacher), ``p
 (class groups), ``prune`` and ``sizing`` (sub-model structure per device budget), ``targets``
 (cached teacher outputs), ``distill`` (sub-task distillation), ``ensemble`` (the fusion head of
 ``coinfer.core.models.fusion`` trained jointly with device dropout), ``baseline`` (single-student comparison),
-``pipeline`` (end to end), ``artifact`` (the deployable bundle), ``report``, ``cli``; the
-benchmark is ``coinfer.bench.dekd``.
+``pipeline`` (end to end), ``report``, ``cli``; the benchmark is ``coinfer.bench.dekd``.
 
-A runtime loads a bundle with :func:`coinfer.server.dekd.artifact.load_devit`.
+The deployable bundle is written, read and checked by ``coinfer.core.devit_bundle``
+(`write_devit_bundle`, `read_devit_layout`, `load_devit`).
 """

@@ -31,7 +31,7 @@ from coinfer.core.errors import InvalidInput
 from coinfer.core.measure import accuracy, predict
 from coinfer.core.models.vit import VisionTransformer
 from coinfer.server.dekd import partition as part
-from coinfer.server.dekd.artifact import write_devit_bundle
+from coinfer.core.devit_bundle import write_devit_bundle
 from coinfer.server.dekd.baseline import compact_vit_config, single_student_plan, train_single_student
 from coinfer.server.dekd.config import DecomposeConfig
 from coinfer.server.dekd.distill import distill_submodel, group_rows

@@ -10,5 +10,5 @@ Modules, in the order `coinfer split` uses them:
   (``split``, ``split_targets``, ``split_plots``).
 
 The bottleneck modules themselves live in ``coinfer.core.models.autoencoders`` and the code that
-runs a split bundle (device half, wire bytes, server half) in ``coinfer.core.split_runtime``.
+runs a split bundle (device half, wire bytes, server half) in ``coinfer.core.split_point``.
 """

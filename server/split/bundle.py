@@ -9,7 +9,7 @@ Parts (each rebuilt by ``Bundle.load_module``):
 * ``samples``: a few uint8 test images and labels (not a module), so ``coinfer profile`` measures
   real payloads without the dataset.
 
-The manifest metadata's ``split`` section (``coinfer.core.split_runtime``) says which parts each
+The manifest metadata's ``split`` section (``coinfer.core.split_point``) says which parts each
 point runs on each side and how its latent is encoded.
 """
 
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from coinfer.core.bundle import Bundle, PartToWrite, TensorSpec, write_bundle
-from coinfer.core.split_runtime import MODEL_PART, SAMPLES_PART, SPLIT_SCHEMA
+from coinfer.core.model_io import FEATURE, IMAGE_INPUT, LATENT, LOGITS_OUTPUT
+from coinfer.core.split_point import MODEL_PART, SAMPLES_PART, SPLIT_POINTS_KIND, SPLIT_SCHEMA
 
 
 @dataclass
@@ -57,33 +59,39 @@ def write_split_bundle(
     points: list[PointParts],
     samples: tuple[np.ndarray, np.ndarray],
     report_json: str,
+    name: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Bundle:
-    """Write the bundle atomically (nothing is left behind on failure) and return it loaded."""
+    """Write the bundle atomically (nothing is left behind on failure) and return it loaded.
+
+    ``name`` defaults to ``split-<arch>-<dataset>``; ``metadata`` adds keys beside ``split``
+    (e.g. the served ``model_name``).
+    """
     config = backbone.config_dict()
     last = backbone.num_points - 1
     in_shape = backbone.feature_shape(0)
     out_shape = backbone.feature_shape(last)
+    images = TensorSpec(IMAGE_INPUT, "FP32", _variable_batch(in_shape))
+    logits = TensorSpec(LOGITS_OUTPUT, "FP32", _variable_batch(out_shape))
     parts = [
-        PartToWrite(MODEL_PART, backbone.state_dict(), "model", config,
-                    inputs=[TensorSpec("input", "FP32", _variable_batch(in_shape))],
-                    outputs=[TensorSpec("logits", "FP32", _variable_batch(out_shape))]),
+        PartToWrite(MODEL_PART, backbone.state_dict(), "model", config, inputs=[images], outputs=[logits]),
     ]
     plan = [{"index": 0, "name": backbone.point_names[0], "head": None, "encoder": None, "decoder": None,
              "tail": MODEL_PART, "bits": 0, "compress": False}]
     for p in points:
         prefix = f"point{p.index}"
-        feature = TensorSpec("feature", "FP32", _variable_batch(p.feature_shape))
-        latent = TensorSpec("latent", "FP32", _variable_batch(p.latent_shape))
+        feature = TensorSpec(FEATURE, "FP32", _variable_batch(p.feature_shape))
+        latent = TensorSpec(LATENT, "FP32", _variable_batch(p.latent_shape))
         parts += [
             PartToWrite(f"{prefix}.head", p.head.state_dict(), "head", {**config, "segment": [0, p.index]},
-                        inputs=[TensorSpec("input", "FP32", _variable_batch(in_shape))], outputs=[feature]),
+                        inputs=[images], outputs=[feature]),
             PartToWrite(f"{prefix}.encoder", p.encoder.state_dict(), "encoder", p.encoder.config_dict(),
                         inputs=[feature], outputs=[latent]),
             PartToWrite(f"{prefix}.decoder", p.decoder.state_dict(), "decoder", p.decoder.config_dict(),
                         inputs=[latent], outputs=[feature]),
             PartToWrite(f"{prefix}.tail", p.tail.state_dict(), "tail", {**config, "segment": [p.index, last]},
-                        inputs=[feature], outputs=[TensorSpec("logits", "FP32", _variable_batch(out_shape))]),
+                        inputs=[feature], outputs=[logits]),
         ]
         plan.append({"index": p.index, "name": p.name, "head": f"{prefix}.head", "encoder": f"{prefix}.encoder",
                      "decoder": f"{prefix}.decoder", "tail": f"{prefix}.tail", "bits": p.bits,
@@ -95,6 +103,7 @@ def write_split_bundle(
     parts.append(PartToWrite(SAMPLES_PART, {"images": torch.from_numpy(np.ascontiguousarray(images)),
                                             "labels": torch.from_numpy(np.ascontiguousarray(labels))}, "samples"))
     metadata = {
+        **dict(metadata or {}),
         "split": {
             "schema": SPLIT_SCHEMA,
             "backbone": backbone.arch,
@@ -106,5 +115,5 @@ def write_split_bundle(
             "points": plan,
         }
     }
-    return write_bundle(path, name=f"split-{backbone.arch}-{dataset}", kind="split-points", parts=parts,
+    return write_bundle(path, name=name or f"split-{backbone.arch}-{dataset}", kind=SPLIT_POINTS_KIND, parts=parts,
                         metadata=metadata, extra_files={"report.json": report_json}, overwrite=overwrite)

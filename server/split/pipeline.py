@@ -151,10 +151,11 @@ def prepare_backbone(config: SplitConfig, splits: DatasetSplits):
     return model.eval()
 
 
-def _latency_ms(device_side, image: np.ndarray, repeats: int) -> float:
+def _latency_ms(device_half, image: np.ndarray, repeats: int) -> float:
+    """Median batch-1 time of a device half on one image (1, C, H, W): its parts and the codec."""
     from coinfer.core.measure import measure_latency
 
-    return measure_latency(lambda: device_side(image), warmup=3, repeats=repeats, threads=1).median_ms
+    return measure_latency(lambda: device_half(image), warmup=3, repeats=repeats, threads=1).median_ms
 
 
 def run_split(config: SplitConfig, out: str | Path) -> SplitReport:
@@ -163,7 +164,7 @@ def run_split(config: SplitConfig, out: str | Path) -> SplitReport:
 
     from coinfer.core.measure import accuracy, predict
     from coinfer.core.models import count_macs
-    from coinfer.core.split_runtime import DeviceSide, PointPlan
+    from coinfer.core.split_point import MODEL_PART, DeviceHalf, PointPlan
     from coinfer.server.split import sizing
     from coinfer.server.split.bundle import PointParts, write_split_bundle
 
@@ -224,8 +225,8 @@ def run_split(config: SplitConfig, out: str | Path) -> SplitReport:
             test = evaluate_bottleneck(ae, tail, run_batches(head, x_test), feats.test_labels, config.bits,
                                        config.compress)
         del feats
-        plan = PointPlan(p, model.point_names[p], "head", "encoder", "decoder", "tail", config.bits, config.compress)
-        device = DeviceSide(plan, head, ae.encoder)
+        plan = PointPlan(p, model.point_names[p], ("head", "encoder"), True, config.bits, config.compress, ("decoder", "tail"))
+        device = DeviceHalf(plan, [head, ae.encoder])
         encoder_macs = count_macs(ae.encoder, torch.zeros(bcfg.feature_shape(1)))
         reports.append(PointReport(
             index=p, name=model.point_names[p], accuracy=test.accuracy, feature_fp32_bytes=fp32,
@@ -243,8 +244,8 @@ def run_split(config: SplitConfig, out: str | Path) -> SplitReport:
     raw_bytes = int(np.prod(splits.image_shape))
     image_payload = len(to_bytes(encode(sample_image)))
     input_fp32 = 4 * raw_bytes
-    local = DeviceSide(PointPlan(last, model.point_names[last], "model", None, None, None, 0, False), model)
-    upload = DeviceSide(PointPlan(0, model.point_names[0], None, None, None, "model", 0, False))
+    local = DeviceHalf(PointPlan(last, model.point_names[last], (MODEL_PART,), False, 0, False), [model])
+    upload = DeviceHalf(PointPlan(0, model.point_names[0], (), True, 0, False, (MODEL_PART,)), [])
     reports.insert(0, PointReport(0, model.point_names[0], backbone_acc, input_fp32, float(image_payload),
                                   round(input_fp32 / image_payload, 3), 0,
                                   _latency_ms(upload, sample_image, config.latency_repeats),

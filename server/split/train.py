@@ -40,7 +40,7 @@ from coinfer.core.data import DatasetSplits, ImageDataset, to_float
 from coinfer.core.device import model_device, resolve_device
 from coinfer.core.errors import InvalidInput
 from coinfer.core.models.autoencoders import Bottleneck, BottleneckConfig, fake_quantise
-from coinfer.core.split_runtime import codec_round_trip
+from coinfer.core.split_point import codec_round_trip
 from coinfer.core.training import cosine_lr
 
 _CACHE_FP16_BYTES = 512 << 20

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from coinfer.cli import main
-from coinfer.server.dekd.artifact import load_devit
+from coinfer.core.devit_bundle import load_devit
 
 FAST = ["--quick", "--distill-epochs", "2", "--ensemble-epochs", "1", "--baseline-epochs", "1", "--threads", "1"]
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from coinfer.core.errors import InvalidInput
-from coinfer.core.models.fusion import ARCH, DeViTFusion, FusionConfig, build_fusion
+from coinfer.core.models import build_model
+from coinfer.core.models.fusion import ARCH, DeViTFusion, FusionConfig
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def test_shapes_and_rebuild_from_config(fusion):
     assert h.shape == (2, 8) and logits.shape == (2, 3)
     config = fusion.config_dict()
     assert config["arch"] == ARCH and config["feature_dims"] == [4, 6, 5]
-    again = build_fusion(config)
+    again = build_model(config)
     again.load_state_dict(fusion.state_dict(), strict=True)
     torch.testing.assert_close(again(x), fusion(x))
     assert fusion.macs() == 15 * 8 + 8 * 3
@@ -67,4 +68,4 @@ def test_forward_available_equals_the_masked_forward(fusion):
 )
 def test_bad_configs_are_refused_by_name(config):
     with pytest.raises(InvalidInput):
-        build_fusion(config)
+        build_model(config)

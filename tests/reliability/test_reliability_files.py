@@ -210,16 +210,13 @@ def test_a_part_config_with_a_malformed_segment_is_refused(split_bundle, tmp_pat
 
 
 def test_a_segment_on_an_autoencoder_part_is_refused(split_bundle, tmp_path) -> None:
-    from coinfer.serving.parts import load_part_module
-
     path = tmp_path / "b"
     shutil.copytree(split_bundle.path, path)
     data = _manifest(path)
     next(p for p in data["parts"] if p["name"] == "point2.encoder")["config"]["segment"] = [0, 2]
     _write_manifest(path, data)
-    for load in (lambda: load_bundle(path).load_module("point2.encoder"), lambda: load_part_module(load_bundle(path), "point2.encoder")):
-        with pytest.raises(InvalidInput, match="point2.encoder"):
-            load()
+    with pytest.raises(InvalidInput, match="point2.encoder"):
+        load_bundle(path).load_module("point2.encoder")
 
 
 @pytest.mark.parametrize("points", [[1, 2], ["input"], {"0": {}}])

@@ -228,8 +228,8 @@ def test_no_loader_unpickles(no_unpickling, split_bundle, devit_bundle, tmp_path
     from coinfer.core.codec import decode, encode, from_bytes, to_bytes
     from coinfer.core.data import FASHION_MNIST_DIRS, load_dataset
     from coinfer.core.profile import load_profile
+    from coinfer.core.split_point import load_samples
     from coinfer.edge.part_cache import PartCache
-    from coinfer.serving.parts import load_part_module
     from coinfer.rl.policy import load_policy
     from coinfer.rl.scenario import load_scenario
     from coinfer.server.catalog import ModelCatalog
@@ -238,8 +238,10 @@ def test_no_loader_unpickles(no_unpickling, split_bundle, devit_bundle, tmp_path
     for bundle_path in (split_bundle.path, devit_bundle.path):
         bundle = load_bundle(bundle_path)
         for spec in bundle.manifest.parts:
-            if spec.role != "fusion":
-                load_part_module(bundle, spec.name)
+            if spec.role == "samples":
+                load_samples(bundle)
+            else:
+                bundle.load_module(spec.name)
     ModelCatalog.load([split_bundle.path, devit_bundle.path])
     # The edge's part cache: download from the bundle's bytes, verify, open.
     cache = PartCache(tmp_path / "cache")
@@ -247,7 +249,7 @@ def test_no_loader_unpickles(no_unpickling, split_bundle, devit_bundle, tmp_path
     data = (split_bundle.path / spec.file).read_bytes()
     chunk = type("Chunk", (), {"offset": 0, "data": data, "total_size_bytes": len(data), "sha256": spec.sha256})
     cache.ensure(split_bundle.name, spec, lambda b, p, o: [chunk])
-    load_part_module(cache.open_bundle(split_bundle.name, [spec]), spec.name)
+    cache.open_bundle(split_bundle.name, [spec]).load_module(spec.name)
     # Profiles, scenarios and policies, built in and from files.
     profile = load_profile("jetson-nano-vgg11")
     profile.save(tmp_path / "profile.json")

@@ -113,3 +113,32 @@ def test_calls_queued_for_a_pool_thread_keep_their_deadline(devit_bundle, fake_e
     assert "0 of 4 sub-model features arrived" in str(caught.value)
     assert all(not edge.started for edge in edges[1:]), "a call was made after its deadline"
     assert elapsed < 1.0
+
+
+class _PartialRouter(_Router):
+    """Sub-model 1's device is to be skipped, sub-model 2 has no holder."""
+
+    def holders(self, model_name: str) -> dict[int, Holder]:
+        held = super().holders(model_name)
+        del held[2]
+        held[1] = Holder("id-1", "edge-1", self.addresses[1], skip_reason="unreachable a moment ago")
+        return held
+
+
+@pytest.mark.parametrize("fake_edges", [-1], indirect=True)
+def test_the_fan_out_says_why_each_missing_feature_is_missing_and_the_fusion_answers_with_the_rest(devit_bundle, fake_edges) -> None:
+    edges, router = fake_edges
+    serving = DeViTServing(devit_bundle, DeViTServeConfig(timeout_s=5.0, min_devices=2), _PartialRouter(router.addresses))
+    images = np.repeat(_image(devit_bundle), 3, axis=0)
+    fan_out = serving.fan_out(images, InferCall("r3", {}))
+    assert sorted(fan_out.arrived) == [0, 3] and [a.device_name for a in fan_out.arrived.values()] == ["edge-0", "edge-3"]
+    assert all(a.feature.shape == (3, serving.feature_dims[i]) for i, a in fan_out.arrived.items())
+    assert fan_out.missing == {1: "edge-1: unreachable a moment ago", 2: "no live device has it loaded"}
+    assert not edges[1].started and not edges[2].started
+    result = serving.fuse_and_respond(fan_out)
+    p = result.parameters
+    assert (p["degraded"], p["devices"], p["submodels"], p["missing"]) == (True, "edge-0,edge-3", "0,3", "1,2")
+    assert p["missing_reason"] == "sub-model 1: edge-1: unreachable a moment ago; sub-model 2: no live device has it loaded"
+    assert result.outputs["logits"].shape == (3, 10)
+    with pytest.raises(Unavailable, match=r"2 of 4 sub-model features arrived .* 3 needed \(sub-model 1: edge-1"):
+        DeViTServing(devit_bundle, DeViTServeConfig(min_devices=3)).fuse_and_respond(fan_out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coinfer.core.split_runtime import encode_latent, load_split_plan
+from coinfer.core.split_point import encode_message, load_split_plan
 from coinfer.edge.daemon import EdgeConfig
 from coinfer.edge.serve import start_edge
 from coinfer.serving.server import ServerOptions
@@ -73,10 +73,10 @@ def test_every_split_point_answers_like_the_bundle_in_process(pair, split_bundle
             assert p["offloaded"] is False and p["payload_bytes"] == 0 and "tail_ms" not in p
             continue
         assert p["offloaded"] is True and p["compute_ms"] == pytest.approx(p["head_ms"] + p["encode_ms"] + p["tail_ms"])
-        # One message per image, each exactly what split_runtime puts on the wire.
+        # One message per image, each exactly what the core's split point puts on the wire.
         with np.errstate(all="ignore"):
             latent = images if point == 0 else _device_half(split_bundle, point, images)
-        expected = sum(len(encode_latent(latent[i : i + 1], plan.point(point).bits, plan.point(point).compress)) for i in range(3))
+        expected = sum(len(encode_message(latent[i : i + 1], plan.point(point).codec_bits, plan.point(point).codec_compress)) for i in range(3))
         assert p["payload_bytes"] == expected
         assert p["uplink_energy_j"] == pytest.approx(0.2 * p["upload_ms"] / 1e3, rel=1e-6)
     # An empty batch has an empty answer, here as on the coordinator, and sends nothing.
@@ -90,9 +90,8 @@ def _device_half(bundle, point: int, images: np.ndarray) -> np.ndarray:
     import torch
 
     from coinfer.core.data import to_float
-    from coinfer.serving.parts import load_part_module
 
-    head, encoder = (load_part_module(bundle, f"point{point}.{role}") for role in ("head", "encoder"))
+    head, encoder = (bundle.load_module(f"point{point}.{role}") for role in ("head", "encoder"))
     with torch.inference_mode():
         return encoder(head(to_float(images))).numpy()
 

@@ -14,7 +14,7 @@ from coinfer.core.bundle import load_bundle
 from coinfer.core.codec import encode, from_bytes, to_bytes
 from coinfer.core.data import load_dataset, to_float
 from coinfer.core.errors import InvalidInput, NotFound
-from coinfer.core.split_runtime import DeviceSide, ServerSide, load_samples, load_split_plan
+from coinfer.core.split_point import DeviceHalf, ServerHalf, load_samples, load_split_plan
 from coinfer.server.split.pipeline import run_split
 
 from split_helpers import tiny_config
@@ -56,13 +56,13 @@ def test_bundle_parts_rebuild_and_the_wire_path_reproduces_the_report(split_run)
     plan = load_split_plan(bundle)
     splits = load_dataset("digits")
     point = report.points[2]
-    device = DeviceSide.from_bundle(bundle, point.index, plan)
-    server = ServerSide.from_bundle(bundle, point.index, plan)
+    device = DeviceHalf.from_bundle(bundle, point.index, plan)
+    server = ServerHalf.from_bundle(bundle, point.index, plan)
     correct, sizes = 0, []
     for image, label in zip(splits.test.x, splits.test.y):
-        payload = device(image)
-        sizes.append(len(payload))
-        correct += int(server(payload).argmax() == label)
+        payloads = device(image[None])
+        sizes.append(len(payloads[0]))
+        correct += int(server(payloads).argmax() == label)
     # One message per image through the real codec gives the report's figures.
     assert correct / len(splits.test) == pytest.approx(point.accuracy, abs=2 / len(splits.test))
     assert np.mean(sizes) == pytest.approx(point.payload_bytes, abs=0.01)
@@ -75,25 +75,26 @@ def test_first_and_last_points_are_the_plain_backbone(split_run) -> None:
     model = bundle.load_module("model")
     images, _ = load_samples(bundle)
     expected = model(to_float(images)).detach().numpy()
-    upload, server = DeviceSide.from_bundle(bundle, 0), ServerSide.from_bundle(bundle, "input")
-    local = DeviceSide.from_bundle(bundle, "local")
-    for i, image in enumerate(images):
-        payload = upload(image)
+    upload, server = DeviceHalf.from_bundle(bundle, 0), ServerHalf.from_bundle(bundle, "input")
+    local = DeviceHalf.from_bundle(bundle, "local")
+    payloads = upload(images)
+    assert len(payloads) == len(images)
+    for payload in payloads:
         assert from_bytes(payload).datatype == "UINT8" and len(payload) == 64 + 39
-        np.testing.assert_allclose(server(payload), expected[i : i + 1], rtol=1e-5, atol=1e-5)
-        assert local(image) == b""
-        np.testing.assert_allclose(local.last_logits, expected[i : i + 1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(server(payloads), expected, rtol=1e-5, atol=1e-5)
+    assert local(images) == []
+    np.testing.assert_allclose(local.run(images), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(InvalidInput, match="entirely on the device"):
-        ServerSide.from_bundle(bundle, 5)
+        ServerHalf.from_bundle(bundle, 5)
     with pytest.raises(NotFound, match="valid points"):
-        DeviceSide.from_bundle(bundle, 9)
+        DeviceHalf.from_bundle(bundle, 9)
 
 
 def test_server_refuses_a_payload_of_the_wrong_shape(split_run) -> None:
     path, _ = split_run
-    server = ServerSide.from_bundle(load_bundle(path), 1)
+    server = ServerHalf.from_bundle(load_bundle(path), 1)
     with pytest.raises(InvalidInput, match="shape"):
-        server(to_bytes(encode(np.zeros((1, 3, 2, 2), np.float32), bits=4)))
+        server([to_bytes(encode(np.zeros((1, 3, 2, 2), np.float32), bits=4))])
 
 
 def test_unknown_backbone_and_points_list_the_valid_ones(tmp_path: Path) -> None:
@@ -146,7 +147,7 @@ def test_vit_tokens_with_weights_and_joint_finetune(tmp_path: Path, split_run) -
     p2 = report.points[1]
     assert p2.index == 2 and p2.latent_shape[1] == 17 and p2.design == "ours"
     images, _ = load_samples(bundle)
-    logits = ServerSide.from_bundle(bundle, 2)(DeviceSide.from_bundle(bundle, 2)(images[0]))
+    logits = ServerHalf.from_bundle(bundle, 2)(DeviceHalf.from_bundle(bundle, 2)(images[:1]))
     assert logits.shape == (1, 10) and np.isfinite(logits).all()
 
 

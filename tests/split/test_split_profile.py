@@ -13,7 +13,7 @@ from coinfer.core.bundle import load_bundle
 from coinfer.core.codec import encode, to_bytes
 from coinfer.core.errors import IntegrityError
 from coinfer.core.profile import load_profile
-from coinfer.core.split_runtime import DeviceSide, load_samples
+from coinfer.core.split_point import DeviceHalf, load_samples
 from coinfer.edge.profiling import ProfileConfig, profile_bundle
 
 from split_helpers import fake_powercap
@@ -40,8 +40,8 @@ def test_profile_uses_the_shared_schema_and_real_payloads(split_run, tmp_path: P
     assert profile.points[0].feature_bits == 8 * 64
     assert profile.points[-1].uplink_bits == 0 and profile.points[-1].feature_bits == 0
     for cost in profile.points[1:-1]:
-        device = DeviceSide.from_bundle(bundle, cost.index)
-        sizes = [len(device(image)) for image in images]
+        device = DeviceHalf.from_bundle(bundle, cost.index)
+        sizes = [len(payload) for payload in device(images)]
         assert cost.uplink_bits == 8 * round(float(np.mean(sizes)))
         assert cost.feature_bits == 32 * report.points[cost.index].feature_fp32_bytes // 4
         assert cost.head_macs == report.points[cost.index].head_macs
