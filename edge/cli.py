@@ -11,13 +11,6 @@ from coinfer.serving.cli_options import add_server_args
 DEFAULT_LISTEN = "127.0.0.1:8101"
 
 
-def _default_cache() -> Path:
-    import os
-
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "coinfer" / "edge"
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "edge",
@@ -39,17 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _edge(args: argparse.Namespace) -> int:
-    from coinfer.core.errors import InvalidInput
-    from coinfer.edge.daemon import EdgeConfig
-    from coinfer.edge.serve import start_edge
+    from coinfer.edge.serve import serve_edge
     from coinfer.serving.cli_options import read_token, server_options_from_args, set_torch_threads, write_port_file
     from coinfer.serving.security import ClientSecurity
     from coinfer.serving.server import run_until_signal
 
-    if args.rpc_timeout_s <= 0:
-        raise InvalidInput(f"--rpc-timeout-s must be positive, got {args.rpc_timeout_s}")
-    if args.distance_m < 0:
-        raise InvalidInput(f"--distance-m must not be negative, got {args.distance_m}")
     set_torch_threads(args.threads)
     mutual = args.coordinator_ca is not None
     security = ClientSecurity(
@@ -58,16 +45,10 @@ def _edge(args: argparse.Namespace) -> int:
         key_file=args.tls_key if mutual else None,
         token=read_token(args.token_file),
     )
-    config = EdgeConfig(
-        name=args.name,
-        coordinator=args.coordinator,
-        address=args.advertise or "",
-        cache_dir=args.cache_dir or _default_cache() / args.name,
-        security=security,
-        rpc_timeout_s=args.rpc_timeout_s,
-        distance_m=args.distance_m,
+    server = serve_edge(
+        args.coordinator, args.name, server_options_from_args(args), advertise=args.advertise or "", cache_dir=args.cache_dir,
+        security=security, rpc_timeout_s=args.rpc_timeout_s, distance_m=args.distance_m, metrics_port=args.metrics_port,
     )
-    server = start_edge(config, server_options_from_args(args), metrics_port=args.metrics_port)
     print(f"edge {args.name!r} serving on {server.address}, coordinator {args.coordinator}", flush=True)
     write_port_file(args.port_file, server.address)
     return run_until_signal(server.running, on_stop=server.shutdown_helpers)

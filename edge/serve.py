@@ -6,8 +6,11 @@ when the assigned parts are loaded, which is what callers wait for.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+from coinfer.core.errors import InvalidInput
 from coinfer.edge.daemon import EdgeConfig, EdgeDaemon
 from coinfer.edge.metrics import EdgeMetrics
 from coinfer.edge.servicer import EDGE_SERVICE_NAME, EdgeModels, EdgeServicer
@@ -16,6 +19,7 @@ from coinfer.protos import inference_pb2_grpc as pb_grpc
 from coinfer.serving import oip_service
 from coinfer.serving.metrics import MetricsServer, serve_metrics
 from coinfer.serving.oip_service import InferenceServicer
+from coinfer.serving.security import ClientSecurity
 from coinfer.serving.server import RunningServer, ServerOptions, ServiceBinding, split_host_port, start_server
 
 
@@ -80,3 +84,47 @@ def start_edge(config: EdgeConfig, options: ServerOptions, metrics_port: int = 0
         daemon.config = replace(config, address=running.address)
     daemon.start()
     return EdgeServer(running, daemon, metrics_server)
+
+
+def default_cache_dir(name: str) -> Path:
+    """Where device ``name`` keeps its parts unless told: $XDG_CACHE_HOME (or ~/.cache)/coinfer/edge/NAME."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "coinfer" / "edge" / name
+
+
+def serve_edge(
+    coordinator: str,
+    name: str,
+    listen: str | ServerOptions = "127.0.0.1:0",
+    *,
+    advertise: str = "",
+    cache_dir: str | Path | None = None,
+    security: ClientSecurity | None = None,
+    rpc_timeout_s: float = 10.0,
+    distance_m: float = 0.0,
+    metrics_port: int = 0,
+) -> EdgeServer:
+    """Start a device daemon in this process: it serves at once and registers with ``coordinator``.
+
+    What ``coinfer edge`` runs, and ``coinfer.start_edge`` in the Python API (not
+    ``coinfer.edge``: that name is this package's). ``listen`` is a host:port (port 0 picks a
+    free one: read ``handle.address``) or whole `ServerOptions`; ``advertise`` is the address
+    the coordinator should call (default the bound one); parts are kept in ``cache_dir``
+    (default `default_cache_dir`); ``security`` is how to reach a TLS coordinator (and the
+    bearer token). The daemon turns ready once its parts are loaded. ``handle.stop()`` stops it.
+    """
+    if rpc_timeout_s <= 0:  # the messages name the command's flags
+        raise InvalidInput(f"--rpc-timeout-s must be positive, got {rpc_timeout_s}")
+    if distance_m < 0:
+        raise InvalidInput(f"--distance-m must not be negative, got {distance_m}")
+    config = EdgeConfig(
+        name=name,
+        coordinator=coordinator,
+        address=advertise,
+        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(name),
+        security=security or ClientSecurity(),
+        rpc_timeout_s=rpc_timeout_s,
+        distance_m=distance_m,
+    )
+    options = ServerOptions(listen=listen) if isinstance(listen, str) else listen
+    return start_edge(config, options, metrics_port=metrics_port)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +19,6 @@ from torch import nn
 
 from coinfer.core.errors import InvalidInput
 from coinfer.rl.actions import JointAction, decode_discrete, power_grids_w
-from coinfer.rl.envs.batched import BatchedEnv
 from coinfer.rl.mahppo import CurvePoint, TrainResult
 from coinfer.rl.policy_files import PolicySpec, check_compatible, read_policy_spec, read_policy_tensors, save_policy
 from coinfer.rl.scenario import Scenario, load_scenario
@@ -81,62 +79,6 @@ def _power_levels(scenario: Scenario, levels: int) -> np.ndarray:
     low = np.array([d.power_range_w[0] for d in scenario.devices])
     high = np.array([d.power_range_w[1] for d in scenario.devices])
     return power_grids_w(low, high, levels)
-
-
-def _make_vec_env(scenario: Scenario, num_envs: int, seed: int, power_levels: int):
-    from stable_baselines3.common.vec_env import VecEnv
-
-    class BatchedVecEnv(VecEnv):
-        """SB3's VecEnv interface over the batched simulator (auto-reset, terminal observations)."""
-
-        render_mode = None
-
-        def __init__(self) -> None:
-            self.env = BatchedEnv(scenario, num_envs=num_envs, mode="train", seed=seed)
-            self.levels_w = _power_levels(scenario, power_levels)
-            observation_space, action_space = _spaces(scenario, power_levels)
-            super().__init__(num_envs, observation_space, action_space)
-            self._actions: np.ndarray | None = None
-
-        def reset(self) -> np.ndarray:
-            return self.env.reset().astype(np.float32)
-
-        def step_async(self, actions: np.ndarray) -> None:
-            self._actions = np.asarray(actions)
-
-        def step_wait(self):
-            step = self.env.step(decode_discrete(self._actions, self.levels_w))
-            dones = step.terminated | step.truncated
-            infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-            for e, metrics in step.episodes:
-                infos[e] = {
-                    "terminal_observation": step.final_observations[e].astype(np.float32),
-                    "TimeLimit.truncated": bool(step.truncated[e]),
-                    "episode": {"r": metrics.reward, "l": metrics.slots},
-                }
-            return step.observations.astype(np.float32), step.rewards.astype(np.float32), dones, infos
-
-        def close(self) -> None:
-            pass
-
-        def get_attr(self, attr_name: str, indices=None) -> list:
-            return [getattr(self, attr_name)] * len(self._indices(indices))
-
-        def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
-            setattr(self, attr_name, value)
-
-        def env_method(self, method_name: str, *args, indices=None, **kwargs) -> list:
-            raise NotImplementedError(f"the batched simulator has no per-environment method {method_name!r}")
-
-        def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
-            return [False] * len(self._indices(indices))
-
-        def _indices(self, indices) -> list[int]:
-            if indices is None:
-                return list(range(self.num_envs))
-            return [indices] if isinstance(indices, int) else list(indices)
-
-    return BatchedVecEnv()
 
 
 class Sb3Policy:
@@ -210,12 +152,18 @@ def train_sb3_ppo(config: Sb3PpoConfig, out_dir: str | Path | None = None, progr
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
 
+    from coinfer.rl.envs.sb3_vec_env import OffloadingSb3VecEnv
+    from coinfer.rl.envs.vector import OffloadingVectorEnv
     from coinfer.rl.evaluation import evaluate_policy
     from coinfer.rl.plots import plot_learning_curve
 
     scenario = load_scenario(config.scenario)
     torch.set_num_threads(config.torch_threads)
-    env = _make_vec_env(scenario, config.num_envs, config.seed, config.power_levels)
+    # One random stream for all environments: the batched simulator's seeding, as MAHPPO trains.
+    vector = OffloadingVectorEnv(
+        scenario, config.num_envs, mode="train", seed=config.seed, action_format="discrete", power_levels=config.power_levels, shared_stream=True
+    )
+    env = OffloadingSb3VecEnv(vector)
     model = PPO(
         "MlpPolicy",
         env,

@@ -55,45 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from coinfer.core.errors import InvalidInput
     from coinfer.serving.cli_options import read_token, server_options_from_args, set_torch_threads, write_port_file
     from coinfer.serving.security import ClientSecurity
     from coinfer.serving.server import run_until_signal
-    from coinfer.server.coordinator import CoordinatorConfig
-    from coinfer.server.devit_service import DeViTServeConfig
-    from coinfer.server.scheduler import SchedulerConfig
-    from coinfer.server.serve import start_coordinator
+    from coinfer.server.serve import serve_coordinator
 
-    for flag, value in (("--heartbeat-s", args.heartbeat_s), ("--devit-timeout-ms", args.devit_timeout_ms)):
-        if value <= 0:
-            raise InvalidInput(f"{flag} must be positive, got {value}")
-    if args.slot_ms < 0 or args.device_timeout_s < 0 or args.min_devices < 0:
-        raise InvalidInput("--slot-ms, --device-timeout-s and --min-devices must not be negative")
-    if args.policy is None and (args.scenario or args.slot_ms or args.decision_log):
-        raise InvalidInput("--scenario, --slot-ms and --decision-log need a --policy")
-    if args.policy is None and args.testbed:
-        raise InvalidInput("--testbed shapes links from the scheduler's powers: give a --policy")
-    if args.testbed_state_dir is not None and not args.testbed:
-        raise InvalidInput("--testbed-state-dir needs --testbed PREFIX")
-    if args.policy is not None and args.split_point is not None:
-        raise InvalidInput("--split-point fixes every device's point when no --policy decides; give one or the other")
     set_torch_threads(args.threads)
-    options = server_options_from_args(args)
-    config = CoordinatorConfig(
-        heartbeat_interval_s=args.heartbeat_s,
-        device_timeout_s=args.device_timeout_s or max(10.0, 5 * args.heartbeat_s),
-        split_point=args.split_point,
-        device_fallback=not args.no_fallback,
-    )
-    scheduler = None
-    if args.policy is not None:
-        scheduler = SchedulerConfig(
-            policy=args.policy,
-            scenario=args.scenario,
-            slot_s=args.slot_ms / 1e3 if args.slot_ms else None,
-            decision_log=args.decision_log,
-            seed=args.seed,
-        )
     mutual = args.edge_ca is not None and args.tls_cert is not None
     edge_security = ClientSecurity(
         ca_file=args.edge_ca,
@@ -101,20 +68,12 @@ def _serve(args: argparse.Namespace) -> int:
         key_file=args.tls_key if mutual else None,
         token=read_token(args.token_file),
     )
-    link_shaper = None
-    if args.testbed:
-        from coinfer.server.link_shaper import TestbedLinkShaper
-
-        link_shaper = TestbedLinkShaper.attach(args.testbed, args.testbed_state_dir)
-    server = start_coordinator(
-        args.bundle,
-        options,
-        config,
-        scheduler=scheduler,
-        devit=DeViTServeConfig(timeout_s=args.devit_timeout_ms / 1e3, min_devices=args.min_devices),
-        edge_security=edge_security,
-        metrics_port=args.metrics_port,
-        link_shaper=link_shaper,
+    server = serve_coordinator(
+        args.bundle, server_options_from_args(args), policy=args.policy, scenario=args.scenario, slot_ms=args.slot_ms,
+        split_point=args.split_point, decision_log=args.decision_log, seed=args.seed, heartbeat_s=args.heartbeat_s,
+        device_timeout_s=args.device_timeout_s or None, devit_timeout_ms=args.devit_timeout_ms, min_devices=args.min_devices,
+        device_fallback=not args.no_fallback, edge_security=edge_security, testbed=args.testbed,
+        testbed_state_dir=args.testbed_state_dir, metrics_port=args.metrics_port,
     )
     models = ", ".join(repr(n) for n in server.coordinator.catalog.model_names())
     print(f"coordinator serving {models} on {server.address}", flush=True)

@@ -95,3 +95,81 @@ def start_coordinator(
     if sched is not None:
         sched.start()
     return CoordinatorServer(running, coordinator, sched, metrics_server)
+
+
+def serve_coordinator(
+    bundles: str | Path | Sequence[str | Path],
+    listen: str | ServerOptions = "127.0.0.1:0",
+    *,
+    policy: str | None = None,
+    scenario: str | None = None,
+    slot_ms: float | None = None,
+    split_point: int | None = None,
+    decision_log: str | Path | None = None,
+    seed: int = 0,
+    heartbeat_s: float = 2.0,
+    device_timeout_s: float | None = None,
+    devit_timeout_ms: float = 2000.0,
+    min_devices: int = 0,
+    device_fallback: bool = True,
+    edge_security: ClientSecurity | None = None,
+    testbed: str | None = None,
+    testbed_state_dir: str | Path | None = None,
+    metrics_port: int = 0,
+) -> CoordinatorServer:
+    """Start a coordinator in this process serving ``bundles``; returns its handle once the port is bound.
+
+    What ``coinfer serve`` runs, and ``coinfer.serve`` in the Python API. ``listen`` is a
+    host:port (port 0 picks a free one: read ``handle.address``) or whole `ServerOptions`
+    (TLS, bearer token, workers, message size). Every option means what the ``coinfer serve``
+    flag of the same name says: ``policy`` (a policy file or a baseline name) turns the live
+    scheduler on, with ``scenario``, ``slot_ms`` and ``decision_log``; without it every device
+    runs ``split_point``. ``device_timeout_s`` defaults to max(10 s, 5 heartbeats);
+    ``edge_security`` is how the coordinator reaches TLS edge daemons; ``testbed`` shapes the
+    links of that testbed from the scheduler's powers. ``handle.stop()`` stops everything it started.
+    """
+    # The messages name the command's flags; each option has the flag's name with underscores.
+    for flag, value in (("--heartbeat-s", heartbeat_s), ("--devit-timeout-ms", devit_timeout_ms)):
+        if value <= 0:
+            raise InvalidInput(f"{flag} must be positive, got {value}")
+    if (slot_ms or 0) < 0 or (device_timeout_s or 0) < 0 or min_devices < 0:
+        raise InvalidInput("--slot-ms, --device-timeout-s and --min-devices must not be negative")
+    if policy is None and (scenario or slot_ms or decision_log):
+        raise InvalidInput("--scenario, --slot-ms and --decision-log need a --policy")
+    if policy is None and testbed:
+        raise InvalidInput("--testbed shapes links from the scheduler's powers: give a --policy")
+    if testbed_state_dir is not None and not testbed:
+        raise InvalidInput("--testbed-state-dir needs --testbed PREFIX")
+    if policy is not None and split_point is not None:
+        raise InvalidInput("--split-point fixes every device's point when no --policy decides; give one or the other")
+    options = ServerOptions(listen=listen) if isinstance(listen, str) else listen
+    config = CoordinatorConfig(
+        heartbeat_interval_s=heartbeat_s,
+        device_timeout_s=device_timeout_s or max(10.0, 5 * heartbeat_s),
+        split_point=split_point,
+        device_fallback=device_fallback,
+    )
+    scheduler = None
+    if policy is not None:
+        scheduler = SchedulerConfig(
+            policy=policy,
+            scenario=scenario,
+            slot_s=slot_ms / 1e3 if slot_ms else None,
+            decision_log=Path(decision_log) if decision_log is not None else None,
+            seed=seed,
+        )
+    link_shaper = None
+    if testbed:
+        from coinfer.server.link_shaper import TestbedLinkShaper
+
+        link_shaper = TestbedLinkShaper.attach(testbed, Path(testbed_state_dir) if testbed_state_dir is not None else None)
+    return start_coordinator(
+        bundles,
+        options,
+        config,
+        scheduler=scheduler,
+        devit=DeViTServeConfig(timeout_s=devit_timeout_ms / 1e3, min_devices=min_devices),
+        edge_security=edge_security,
+        metrics_port=metrics_port,
+        link_shaper=link_shaper,
+    )

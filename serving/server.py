@@ -85,8 +85,19 @@ def is_loopback(host: str) -> bool:
 class RunningServer:
     """A started gRPC server with its health status; stop it exactly once (stop is idempotent)."""
 
-    def __init__(self, server: grpc.Server, health_servicer: health.HealthServicer, host: str, port: int, grace_s: float, services: Sequence[str]) -> None:
+    def __init__(
+        self,
+        server: grpc.Server,
+        health_servicer: health.HealthServicer,
+        host: str,
+        port: int,
+        grace_s: float,
+        services: Sequence[str],
+        executor: futures.ThreadPoolExecutor | None = None,
+    ) -> None:
         self.server = server
+        self.executor = executor
+        """The threads serving calls; stop() ends them."""
         self.health = health_servicer
         self.host = host
         self.port = port
@@ -114,6 +125,9 @@ class RunningServer:
             self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(self.grace_s if grace_s is None else grace_s).wait()
+        if self.executor is not None:
+            # gRPC leaves its thread pool to its owner: idle workers end now, busy ones after their call.
+            self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("server on %s stopped", self.address)
 
     @property
@@ -139,8 +153,9 @@ def start_server(bindings: Sequence[ServiceBinding], options: ServerOptions, *, 
     if options.security.token:
         interceptors.append(TokenAuthInterceptor(options.security.token))
     interceptors.append(ErrorInterceptor())
+    executor = futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc-call")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc-call"),
+        executor,
         interceptors=interceptors,
         options=[
             ("grpc.max_send_message_length", options.max_message_bytes),
@@ -163,7 +178,7 @@ def start_server(bindings: Sequence[ServiceBinding], options: ServerOptions, *, 
     if bound == 0:
         raise FailedPrecondition(f"cannot listen on {bind} (address in use or not available)")
     server.start()
-    running = RunningServer(server, health_servicer, host, bound, options.grace_s, names)
+    running = RunningServer(server, health_servicer, host, bound, options.grace_s, names, executor)
     for name in (OVERALL, *names):
         running.set_serving(serving, name)
     log.info("serving %s on %s (%s)", ", ".join(names), running.address, "TLS" if credentials else "plaintext")

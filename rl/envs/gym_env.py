@@ -1,24 +1,22 @@
 """The gymnasium view: one environment, the joint action of every device, the global state.
 
-``action_format="hybrid"`` is the natural Dict action (points, channels, powers_w);
-``action_format="discrete"`` is a flat MultiDiscrete [point, channel, power level] per device
-with powers from `power_grid_w`, which single-agent libraries (stable-baselines3) accept.
+Registered as ``coinfer/Offloading-v0`` when ``coinfer.rl`` is imported
+(``gymnasium.make("coinfer/Offloading-v0", scenario=...)``). The spaces and the two action
+formats (``"hybrid"``, ``"discrete"``) are `coinfer.rl.envs.spaces`'s, shared with the vector view.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from coinfer.core.errors import InvalidInput
-from coinfer.rl.actions import JointAction, decode_discrete, power_grids_w
+from coinfer.rl.actions import JointAction
+from coinfer.rl.envs.spaces import ActionFormat, JointActionSpaces
 from coinfer.rl.scenario import Mode, Scenario, load_scenario
 from coinfer.rl.sim.core import Simulator
-
-ActionFormat = Literal["hybrid", "discrete"]
 
 
 class OffloadingEnv(gym.Env):
@@ -34,49 +32,23 @@ class OffloadingEnv(gym.Env):
         action_format: ActionFormat = "hybrid",
         power_levels: int = 8,
     ) -> None:
-        if action_format not in ("hybrid", "discrete"):
-            raise InvalidInput(f"action_format must be 'hybrid' or 'discrete', got {action_format!r}")
         self.scenario = load_scenario(scenario)
         self.mode, self.action_format = mode, action_format
         self.sim = Simulator(self.scenario, num_envs=1, mode=mode, seed=seed)
-        N, P, K = self.sim.num_devices, self.sim.num_points, self.sim.num_subchannels
-        self.num_devices = N
-        high = self.sim.feature_high().reshape(-1).astype(np.float32)
-        self.observation_space = spaces.Box(low=np.zeros_like(high), high=high, dtype=np.float32)
-        self.power_levels_w = power_grids_w(self.sim.power_low_w, self.sim.power_high_w, power_levels)
-        if action_format == "hybrid":
-            self.action_space = spaces.Dict(
-                {
-                    "points": spaces.MultiDiscrete([P] * N),
-                    "channels": spaces.MultiDiscrete([K] * N),
-                    "powers_w": spaces.Box(
-                        low=self.sim.power_low_w.astype(np.float32), high=self.sim.power_high_w.astype(np.float32), dtype=np.float32
-                    ),
-                }
-            )
-        else:
-            self.action_space = spaces.MultiDiscrete(np.tile([P, K, power_levels], N))
+        self.num_devices = self.sim.num_devices
+        self.spaces = JointActionSpaces(self.sim, action_format, power_levels)
+        self.observation_space = self.spaces.observation_space
+        self.action_space = self.spaces.action_space
+        self.power_levels_w = self.spaces.power_levels_w
         self._needs_reset = True
 
     def decode_action(self, action: Any) -> JointAction:
         """The `JointAction` an action of this env's action space stands for."""
-        N = self.num_devices
-        if self.action_format == "hybrid":
-            if not isinstance(action, dict) or set(action) != {"points", "channels", "powers_w"}:
-                raise InvalidInput("a hybrid action is a dict with keys points, channels and powers_w")
-            return JointAction(*(np.asarray(action[k]).reshape(N) for k in ("points", "channels", "powers_w")))
-        return decode_discrete(np.asarray(action).reshape(-1), self.power_levels_w)
+        return self.spaces.decode(action)
 
     def encode_action(self, action: JointAction) -> Any:
         """This env's action for a `JointAction` (discrete: the nearest power level)."""
-        if self.action_format == "hybrid":
-            return {
-                "points": np.asarray(action.points, dtype=np.int64),
-                "channels": np.asarray(action.channels, dtype=np.int64),
-                "powers_w": np.asarray(action.powers_w, dtype=np.float32),
-            }
-        level = np.abs(np.log(self.power_levels_w) - np.log(np.asarray(action.powers_w))[:, None]).argmin(axis=1)
-        return np.stack([action.points, action.channels, level], axis=1).reshape(-1).astype(np.int64)
+        return self.spaces.encode(action)
 
     def _observation(self) -> np.ndarray:
         return self.sim.global_state()[0].astype(np.float32)

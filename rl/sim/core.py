@@ -30,6 +30,7 @@ from coinfer.rl.sim.arrivals import make_arrivals
 from coinfer.rl.sim.channel import make_channel, uplink_rates_bps
 from coinfer.rl.sim.metrics import EpisodeMetrics, episode_metrics
 from coinfer.rl.sim.server import make_server
+from coinfer.rl.sim.streams import RandomStreams, Seed
 
 # Stages of a task, in order, then the two states between tasks.
 HEAD, UPLOAD, SERVER, DOWNLOAD, DONE, IDLE = 0, 1, 2, 3, 4, 5
@@ -109,7 +110,8 @@ def local_from_global(global_state: np.ndarray, num_devices: int) -> np.ndarray:
 class Simulator:
     """State and dynamics of ``num_envs`` environments of one scenario."""
 
-    def __init__(self, scenario: Scenario, num_envs: int = 1, mode: Mode = "train", seed: int = 0) -> None:
+    def __init__(self, scenario: Scenario, num_envs: int = 1, mode: Mode = "train", seed: Seed = 0) -> None:
+        """``seed``: one root seed for every environment, or one seed per environment (see `RandomStreams`)."""
         if num_envs < 1:
             raise InvalidInput(f"num_envs must be >= 1, got {num_envs}")
         if mode not in ("train", "eval"):
@@ -125,8 +127,7 @@ class Simulator:
         self.arrivals = make_arrivals(scenario.tasks, scenario.evaluation.tasks_per_device)
         self.server = make_server(scenario.server, scenario.devices)
         self._stream = scenario.tasks.arrivals != "batch"
-        root = np.random.SeedSequence(seed)
-        self._rng_distance, self._rng_tasks, self._rng_fading = (np.random.default_rng(s) for s in root.spawn(3))
+        self._streams = RandomStreams(seed, num_envs)
 
         # Per-device constants.
         devices = scenario.devices
@@ -197,14 +198,15 @@ class Simulator:
         if idx.size == 0:
             return
         k, N = idx.size, self.num_devices
+        rng_distance, rng_tasks, rng_fading = self._streams.for_envs(idx)
         if self.mode == "train":
-            distance = self._rng_distance.uniform(self._distance_low_m, self._distance_high_m, size=(k, N))
-            counts, arrival = self.arrivals.draw(self._rng_tasks, (k, N), None)
+            distance = rng_distance.uniform(self._distance_low_m, self._distance_high_m, size=(k, N))
+            counts, arrival = self.arrivals.draw(rng_tasks, (k, N), None)
         else:
             distance = np.broadcast_to(self._eval_distance_m, (k, N)).copy()
-            counts, arrival = self.arrivals.draw(self._rng_tasks, (k, N), self.scenario.evaluation.tasks_per_device)
+            counts, arrival = self.arrivals.draw(rng_tasks, (k, N), self.scenario.evaluation.tasks_per_device)
         self.distance_m[idx] = distance
-        self.gain[idx] = self.channel.gains(distance, self._rng_fading)
+        self.gain[idx] = self.channel.gains(distance, rng_fading)
         self._download_bps[idx] = self.server.download_rate_bps(distance ** (-self.scenario.network.path_loss_exponent), self.scenario.network.noise_w)
         self.num_tasks[idx] = counts
         self.arrival_s[idx] = arrival
@@ -288,7 +290,7 @@ class Simulator:
         self.slot_energy_j[:] = 0.0
         self.slot_finished[:] = 0
         if self.channel.redraw_each_slot:
-            self.gain[:] = self.channel.gains(self.distance_m, self._rng_fading)
+            self.gain[:] = self.channel.gains(self.distance_m, self._streams.for_envs(np.arange(self.num_envs))[2])
         self._channel_changed()  # new powers (and gains) apply at once
         self._update_phase_rates()
 

@@ -15,10 +15,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-QUICK_TEACHER = dict(arch="vit-nano", epochs=30, lr=3e-3, batch_size=32)
-"""Teacher trained by ``decompose --quick`` without --teacher (the digits demo path)."""
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     from coinfer.core.device import DEVICE_CHOICES
     from coinfer.server.dekd.partition import PARTITION_METHODS
@@ -112,14 +108,12 @@ def _check_positive(name: str, value, kind=int) -> None:
 
 
 def _teacher_train(args: argparse.Namespace) -> int:
-    import torch
-
     from coinfer.core.data import load_dataset
     from coinfer.core.device import resolve_device
     from coinfer.core.errors import InvalidInput
     from coinfer.core.training import TrainConfig, evaluate
     from coinfer.server.dekd.parallel import is_main, world
-    from coinfer.server.dekd.teacher import save_teacher, teacher_config, train_teacher
+    from coinfer.server.dekd.teacher import save_teacher, teacher_config, train_teacher, trained_metadata
 
     # First of all: cuda asked for on a machine without a GPU fails before anything is read or written.
     device = resolve_device(args.device)
@@ -146,21 +140,7 @@ def _teacher_train(args: argparse.Namespace) -> int:
     if not is_main():
         return 0
     test_acc = evaluate(model, splits.test)
-    meta = {
-        "dataset": splits.name,
-        "class_names": list(splits.class_names),
-        "image_shape": list(splits.image_shape),
-        "arch": args.arch,
-        "val_accuracy": result.best_val_accuracy,
-        "test_accuracy": test_acc,
-        "best_epoch": result.best_epoch,
-        "val_accuracy_per_epoch": result.val_accuracy_per_epoch,
-        "train_seconds": round(time.perf_counter() - started, 1),
-        "train_device": str(device),
-        "macs": model.macs(),
-        "params": model.num_params(),
-        "torch_version": torch.__version__,
-    }
+    meta = trained_metadata(model, splits, args.arch, result, test_acc, time.perf_counter() - started, str(device))
     save_teacher(model, args.out, meta, overwrite=args.overwrite)
     print(f"teacher {args.arch} on {splits.name}: val {result.best_val_accuracy:.4f} (epoch {result.best_epoch + 1}), "
           f"test {test_acc:.4f}, {model.num_params():,} params, {model.macs():,} MACs, trained on {device} -> {args.out}")
@@ -168,23 +148,10 @@ def _teacher_train(args: argparse.Namespace) -> int:
 
 
 def _teacher_import(args: argparse.Namespace) -> int:
-    from coinfer.core.errors import InvalidInput
-    from coinfer.core.training import evaluate
-    from coinfer.server.dekd.teacher import check_compatible, import_timm_vit, save_teacher
+    from coinfer.server.dekd.teacher import import_teacher
 
-    if args.out.exists() and not args.overwrite:
-        raise InvalidInput(f"{args.out} already exists; choose another folder or pass --overwrite")
-    _check_positive("--num-heads", args.num_heads)
-    model = import_timm_vit(args.source, args.num_heads)
-    meta = {"imported_from": str(args.source), "macs": model.macs(), "params": model.num_params()}
-    if args.dataset:
-        from coinfer.core.data import load_dataset
-
-        splits = load_dataset(args.dataset, args.data_dir, seed=args.seed)
-        check_compatible(model.config, splits)
-        meta.update(dataset=splits.name, class_names=list(splits.class_names), image_shape=list(splits.image_shape),
-                    test_accuracy=evaluate(model, splits.test))
-    save_teacher(model, args.out, meta, overwrite=args.overwrite)
+    model, meta = import_teacher(args.source, args.out, num_heads=args.num_heads, dataset=args.dataset, data_dir=args.data_dir,
+                                 seed=args.seed, overwrite=args.overwrite)
     extra = f", test accuracy {meta['test_accuracy']:.4f} on {args.dataset}" if args.dataset else ""
     print(f"imported a {model.config.depth}-block ViT of width {model.config.embed_dim} ({model.num_params():,} params){extra} -> {args.out}")
     return 0
@@ -195,13 +162,12 @@ def _decompose(args: argparse.Namespace) -> int:
 
     from coinfer.core.data import load_dataset
     from coinfer.core.errors import InvalidInput
-    from coinfer.core.training import TrainConfig
     from coinfer.server.dekd.config import preset
     from coinfer.server.dekd.parallel import is_main, world
     from coinfer.server.dekd.partition import check_group_count
     from coinfer.server.dekd.pipeline import decompose, validate
     from coinfer.server.dekd.speeds import parse_device_speeds
-    from coinfer.server.dekd.teacher import check_compatible, load_teacher, teacher_config, train_teacher
+    from coinfer.server.dekd.teacher import check_compatible, load_teacher, train_default_teacher
 
     world()  # under torchrun: a gloo group, the tensors stay on the CPU
     # Cheap checks first: a bad request must fail before any data is read or model trained.
@@ -235,14 +201,7 @@ def _decompose(args: argparse.Namespace) -> int:
         config.baseline.loop.epochs = args.baseline_epochs
     started = time.perf_counter()
     if teacher is None:
-        q = QUICK_TEACHER if args.quick else dict(arch="vit-tiny", epochs=10, lr=1e-3, batch_size=128)
-        if is_main():
-            print(f"no --teacher: training a {q['arch']} teacher on {splits.name} first ({q['epochs']} epochs)")
-        cfg = teacher_config(q["arch"], splits.image_shape, splits.num_classes, drop_path_rate=0.0 if args.quick else 0.1)
-        teacher, _ = train_teacher(
-            splits, cfg,
-            TrainConfig(epochs=q["epochs"], lr=q["lr"], batch_size=q["batch_size"], warmup_epochs=2, seed=args.seed, desc="teacher"),
-        )
+        teacher = train_default_teacher(splits, quick=args.quick, seed=args.seed)
     validate(teacher, splits, config, args.out, args.overwrite)
     torch.manual_seed(args.seed)
     report = decompose(teacher, splits, config, out=args.out, overwrite=args.overwrite,

@@ -8,11 +8,14 @@ accuracy.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from coinfer.core.errors import IntegrityError, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
 
 KIND = "teacher"
 PART = "teacher"
@@ -40,6 +43,11 @@ PRESETS: dict[str, TeacherPreset] = {
     "vit-base": TeacherPreset(embed_dim=768, depth=12, num_heads=12),
 }
 """Teacher sizes offered by ``coinfer teacher train --arch``."""
+
+DEFAULT_TEACHER = dict(arch="vit-tiny", epochs=10, lr=1e-3, batch_size=128, drop_path_rate=0.1)
+"""The teacher ``decompose`` trains first when it is given none."""
+QUICK_TEACHER = dict(arch="vit-nano", epochs=30, lr=3e-3, batch_size=32, drop_path_rate=0.0)
+"""The same for ``decompose --quick`` (the digits demo path)."""
 
 
 def default_patch_size(image_size: int) -> int:
@@ -104,6 +112,45 @@ def train_teacher(splits, config, train):
     return model, result
 
 
+def train_default_teacher(splits, quick: bool = False, seed: int = 0):
+    """The teacher DEKD starts from when it is given none: `DEFAULT_TEACHER` (or `QUICK_TEACHER`) trained on ``splits``.
+
+    Returns the model (on the CPU, in evaluation mode). ``coinfer decompose`` and
+    ``coinfer.decompose`` call this when no teacher is given.
+    """
+    from coinfer.core.training import TrainConfig
+    from coinfer.server.dekd.parallel import is_main
+
+    recipe = QUICK_TEACHER if quick else DEFAULT_TEACHER
+    if is_main():
+        log.info("no teacher given: training a %s teacher on %s first (%d epochs)", recipe["arch"], splits.name, recipe["epochs"])
+    config = teacher_config(recipe["arch"], splits.image_shape, splits.num_classes, drop_path_rate=recipe["drop_path_rate"])
+    train = TrainConfig(epochs=recipe["epochs"], lr=recipe["lr"], batch_size=recipe["batch_size"], warmup_epochs=2, seed=seed, desc="teacher")
+    model, _ = train_teacher(splits, config, train)
+    return model
+
+
+def trained_metadata(model, splits, arch: str, result, test_accuracy: float, train_seconds: float, device: str) -> dict[str, Any]:
+    """The metadata of a trained teacher's folder: its data, size, accuracies and training record."""
+    import torch
+
+    return {
+        "dataset": splits.name,
+        "class_names": list(splits.class_names),
+        "image_shape": list(splits.image_shape),
+        "arch": arch,
+        "val_accuracy": result.best_val_accuracy,
+        "test_accuracy": test_accuracy,
+        "best_epoch": result.best_epoch,
+        "val_accuracy_per_epoch": result.val_accuracy_per_epoch,
+        "train_seconds": round(train_seconds, 1),
+        "train_device": device,
+        "macs": model.macs(),
+        "params": model.num_params(),
+        "torch_version": torch.__version__,
+    }
+
+
 def check_compatible(config, splits) -> None:
     """The teacher's classes, image size and channels must be the dataset's; raise naming each mismatch."""
     channels, height, width = splits.image_shape
@@ -153,6 +200,43 @@ def load_teacher(path: str | Path):
 
 
 # Import ----------------------------------------------------------------------------------------
+
+
+def import_teacher(
+    source: str | Path,
+    out: str | Path,
+    *,
+    num_heads: int | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Import a ViT state dict saved with timm's names (safetensors, or a torch state dict read
+    with ``weights_only=True``) into a teacher folder at ``out``.
+
+    ``num_heads`` defaults to timm's width / 64. With ``dataset`` (and ``data_dir`` where it
+    needs one) the teacher is checked against that dataset and evaluated on its test split
+    (split with ``seed``). What ``coinfer teacher import`` and ``coinfer.import_teacher`` run.
+    Returns (the model in evaluation mode, the folder's metadata).
+    """
+    from coinfer.core.training import evaluate
+
+    if Path(out).exists() and not overwrite:
+        raise InvalidInput(f"{out} already exists; choose another folder or pass --overwrite")
+    if num_heads is not None and (isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0):
+        raise InvalidInput(f"the number of heads must be positive, got {num_heads!r}")
+    model = import_timm_vit(source, num_heads)
+    meta: dict[str, Any] = {"imported_from": str(source), "macs": model.macs(), "params": model.num_params()}
+    if dataset:
+        from coinfer.core.data import load_dataset
+
+        splits = load_dataset(dataset, data_dir, seed=seed)
+        check_compatible(model.config, splits)
+        meta.update(dataset=splits.name, class_names=list(splits.class_names), image_shape=list(splits.image_shape),
+                    test_accuracy=evaluate(model, splits.test))
+    save_teacher(model, out, meta, overwrite=overwrite)
+    return model, meta
 
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:
