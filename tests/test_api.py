@@ -124,7 +124,7 @@ def test_teacher_jobs_and_decompose_at_tiny_budgets(teacher_dir, tmp_path):
     from safetensors.torch import save_file
 
     from coinfer.core.measure import torch_threads
-    from coinfer.server.dekd.artifact import load_devit
+    from coinfer.core.devit_bundle import load_devit
     from coinfer.server.dekd.teacher import load_teacher
 
     trained, meta = load_teacher(teacher_dir)
