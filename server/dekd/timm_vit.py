@@ -30,6 +30,17 @@ class TimmViTShape:
     image_size: int
     """Side of the square input image, pixels (the position embedding's grid times the patch)."""
 
+    def config(self, num_classes: int, in_chans: int = 3):
+        """Our ViTConfig of this architecture with a head of ``num_classes``."""
+        from coinfer.core.models.vit import ViTConfig
+
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise InvalidInput(f"a teacher checkpoint needs a head of at least 2 classes, got {num_classes!r}")
+        return ViTConfig(
+            image_size=self.image_size, in_chans=in_chans, patch_size=self.patch_size, embed_dim=self.embed_dim,
+            depth=self.depth, num_heads=self.num_heads, num_classes=num_classes,
+        )
+
 
 TIMM_VITS: dict[str, TimmViTShape] = {
     "vit_small_patch16_224": TimmViTShape(embed_dim=384, depth=12, num_heads=6, patch_size=16, image_size=224),
@@ -40,17 +51,9 @@ TIMM_VITS: dict[str, TimmViTShape] = {
 
 def timm_vit_config(name: str, num_classes: int, in_chans: int = 3):
     """Our ViTConfig of timm architecture ``name`` with a head of ``num_classes``."""
-    from coinfer.core.models.vit import ViTConfig
-
     if name not in TIMM_VITS:
         raise NotFound(f"unknown timm ViT {name!r}; known: {', '.join(TIMM_VITS)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise InvalidInput(f"a teacher checkpoint needs a head of at least 2 classes, got {num_classes!r}")
-    s = TIMM_VITS[name]
-    return ViTConfig(
-        image_size=s.image_size, in_chans=in_chans, patch_size=s.patch_size, embed_dim=s.embed_dim,
-        depth=s.depth, num_heads=s.num_heads, num_classes=num_classes,
-    )
+    return TIMM_VITS[name].config(num_classes, in_chans)
 
 
 def seeded_timm_vit_state(config, seed: int) -> dict:
@@ -78,7 +81,3 @@ def write_timm_vit(path: str | Path, config, seed: int = 0, architecture: str = 
     tmp.replace(path)
     return path
 
-
-def write_seeded_timm_vit(path: str | Path, name: str, num_classes: int, seed: int = 0, in_chans: int = 3) -> Path:
-    """Write a seeded random timm ViT ``name`` (a key of TIMM_VITS) at ``path``; return the path."""
-    return write_timm_vit(path, timm_vit_config(name, num_classes, in_chans), seed, architecture=name)

@@ -20,7 +20,6 @@ from coinfer.server.dekd.timm_vit import (
     TIMM_VITS,
     seeded_timm_vit_state,
     timm_vit_config,
-    write_seeded_timm_vit,
     write_timm_vit,
 )
 
@@ -90,7 +89,7 @@ def test_a_written_checkpoint_imports_as_the_same_network(tmp_path):
 
 def test_unknown_names_and_headless_configs_are_refused(tmp_path):
     with pytest.raises(Exception, match="unknown timm ViT 'vit_huge"):
-        write_seeded_timm_vit(tmp_path / "x.safetensors", "vit_huge_patch14_224", 10)
+        write_timm_vit(tmp_path / "x.safetensors", timm_vit_config("vit_huge_patch14_224", 10))
     with pytest.raises(InvalidInput, match="at least 2 classes"):
         timm_vit_config("vit_small_patch16_224", 1)
     assert list(tmp_path.iterdir()) == []
