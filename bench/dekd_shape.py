@@ -200,12 +200,15 @@ def decompose_memory_estimate_bytes(shape: TimmViTShape, num_classes: int, train
 
     The largest live sets: the teacher's weights (and a copy while loading), every image as float
     (train, validation and test), the cached Q/K/V relations (3 x T x T float16 per training
-    image), and the importance pass, which keeps the activations of a batch (at most 128 images
-    of one group) through every block for its backward pass: per image and block about 24 token
-    vectors of width C (norms, qkv, attention output, 4C-wide MLP in, activation and gate) and
-    two T x T attention maps per head. Calibrated against measured runs (see the benchmark's
-    JSON: estimate beside ru_maxrss) with a margin, not a bound.
+    image), and the importance pass, which keeps the activations of a batch (a group's images, at
+    most ``importance_batch_size``) through every block for its backward pass: per image and
+    block about 24 token vectors of width C (norms, qkv, attention output, 4C-wide MLP in,
+    activation and gate) and two T x T attention maps per head, some 1.6 times what a ViT-S/16
+    was measured to keep. An estimate with a margin (the benchmark's JSON puts it beside
+    ru_maxrss), not a bound.
     """
+    from coinfer.server.dekd.prune import importance_batch_size
+
     config = shape.config(num_classes)
     T, C, H, D = config.num_tokens, config.embed_dim, config.num_heads, config.depth
     params = sum(
@@ -213,7 +216,7 @@ def decompose_memory_estimate_bytes(shape: TimmViTShape, num_classes: int, train
         + [12 * C * C + 13 * C] * D
     )
     images = math.ceil(train_images / 0.7)
-    batch = min(128, max(1, group_images))
+    batch = min(importance_batch_size(config), max(1, group_images))
     activations = batch * D * (24 * T * C + 2 * H * T * T) * 4
     runtime = 600 * (1 << 20)  # the interpreter, torch and the sub-models being trained
     return runtime + 2 * params * 4 + images * 3 * config.image_size**2 * 4 + train_images * 3 * T * T * 2 + activations

@@ -184,3 +184,33 @@ def test_import_and_decompose_refuse_a_mismatched_teacher_before_writing(tmp_pat
     assert main(["decompose", "--teacher", str(out), "--dataset", "imagefolder", "--data-dir", str(data),
                  "--devices", "4", "--quick", "--out", str(bundle), "--threads", "1"]) == 2
     assert needle in capsys.readouterr().err and not bundle.exists()
+
+
+# The importance pass at 224 px ------------------------------------------------------------------
+
+
+def test_the_importance_batch_shrinks_at_real_shape_and_not_below():
+    from coinfer.server.dekd.prune import importance_batch_size
+
+    assert importance_batch_size(timm_vit_config("vit_base_patch16_224", 4)) <= 16
+    assert importance_batch_size(timm_vit_config("vit_small_patch16_224", 4)) <= 32
+    assert importance_batch_size(SMALL_RGB) == 128 and importance_batch_size(SMALL_RGB, limit=32) == 32
+
+
+def test_importance_in_micro_batches_gives_the_whole_batches_scores(monkeypatch):
+    from coinfer.core.models.vit import VisionTransformer
+    from coinfer.server.dekd import prune
+
+    torch.manual_seed(0)
+    model = VisionTransformer(SMALL_RGB).eval()
+    x, y = torch.rand(24, 3, 32, 32), torch.arange(24) % 4
+    whole = prune.unit_importance(model, x, y, batch_size=16)
+    monkeypatch.setattr(prune, "IMPORTANCE_ACTIVATION_BYTES", 1)  # one image per forward pass
+    micro = prune.unit_importance(model, x, y, batch_size=16)
+    np.testing.assert_allclose(micro.heads, whole.heads, rtol=1e-4)
+    for a, b in zip(micro.neurons, whole.neurons):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(b.max()))
+    np.testing.assert_allclose(micro.blocks, whole.blocks, rtol=1e-4, atol=1e-6)
+    # batches of one image score differently: the micro-batches really add up to the batch
+    single = prune.unit_importance(model, x, y, batch_size=1)
+    assert not np.allclose(single.neurons[0], whole.neurons[0], rtol=0.05)
