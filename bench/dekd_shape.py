@@ -265,27 +265,36 @@ def count_model_macs(model, image_size: int, in_chans: int = 3) -> int:
         return count_macs(model, torch.zeros(1, in_chans, image_size, image_size))
 
 
-def steps_per_stage(report: dict, train_labels: np.ndarray) -> dict[str, int]:
-    """Optimiser steps each DEKD stage took: epochs x batches per epoch (the loop's own count).
+@dataclass
+class StepFigures:
+    """How long one DEKD stage took per optimiser step."""
+
+    steps: int
+    """Optimiser steps the stage took: epochs x batches per epoch (the loop's own count)."""
+    images_per_step: float
+    """Mean images per step (a group smaller than the batch makes smaller steps)."""
+    seconds_per_step: float
+    """The stage's wall seconds (report.json) over its steps, per-epoch validation included."""
+
+
+def step_figures(report: dict, train_labels: np.ndarray) -> dict[str, StepFigures]:
+    """Per trained stage, its steps and wall seconds per step.
 
     Distillation trains each device on its group's images; the ensemble and the single student
     on every training image.
     """
-    cfg = report["config"]
-    steps = {}
-
-    def loop(stage: dict | None) -> tuple[int, int] | None:
-        if not stage or "loop" not in stage:
-            return None
-        return int(stage["loop"]["epochs"]), int(stage["loop"]["batch_size"])
-
-    if (d := loop(cfg.get("distill"))) is not None:
-        sizes = [int(np.isin(train_labels, group).sum()) for group in report["partition"]]
-        steps["distill"] = sum(d[0] * max(1, math.ceil(n / d[1])) for n in sizes)
-    for stage, key in (("ensemble", "ensemble"), ("single student", "baseline")):
-        if (s := loop(cfg.get(key))) is not None and report.get("stage_seconds", {}).get(stage) is not None:
-            steps[stage] = s[0] * max(1, math.ceil(len(train_labels) / s[1]))
-    return steps
+    cfg, seconds = report["config"], report.get("stage_seconds", {})
+    stages = {"distill": ("distill", [int(np.isin(train_labels, g).sum()) for g in report["partition"]]),
+              "ensemble": ("ensemble", [len(train_labels)]), "single student": ("baseline", [len(train_labels)])}
+    figures = {}
+    for stage, (key, sizes) in stages.items():
+        loop = (cfg.get(key) or {}).get("loop")
+        if loop is None or seconds.get(stage) is None:
+            continue  # the stage did not run (no baseline) or the report does not say how
+        epochs, batch = int(loop["epochs"]), int(loop["batch_size"])
+        steps = sum(epochs * max(1, math.ceil(n / batch)) for n in sizes)
+        figures[stage] = StepFigures(steps, epochs * sum(sizes) / steps, seconds[stage] / steps)
+    return figures
 
 
 @dataclass
@@ -318,8 +327,8 @@ class TeacherResult:
     """MACs of one image through each sub-model (counted)."""
     teacher_latency_ms: float | None = None
     """Batch-1 one-thread latency: report.json's (timed with the sub-models), else timed alone."""
-    seconds_per_step: dict[str, float] = field(default_factory=dict)
-    """Stage wall seconds per optimiser step, by stage."""
+    steps: dict[str, StepFigures] = field(default_factory=dict)
+    """Seconds per optimiser step, by stage."""
     serving: dict | None = None
     """What serve_and_time measured."""
     notes: list[str] = field(default_factory=list)
@@ -382,10 +391,7 @@ def _teacher_figures(run: TeacherRun, settings: ShapeSettings, folder: Path, ima
             deployment = load_devit(bundle)
             result.submodel_params = [m.num_params() for m in deployment.submodels]
             result.submodel_macs = [count_model_macs(m, config.image_size) for m in deployment.submodels]
-            steps = steps_per_stage(result.report, splits.train.y)
-            result.seconds_per_step = {
-                stage: result.report["stage_seconds"][stage] / n for stage, n in steps.items() if n
-            }
+            result.steps = step_figures(result.report, splits.train.y)
             result.serving = serve_and_time(bundle, splits.test.x, settings.requests, folder / "fleet", settings.devices)
         else:
             result.notes.append(f"decompose did not finish: {decomposed.why_not(run.time_limit_min)}")
@@ -483,12 +489,13 @@ def target_rows(results: list[TeacherResult], gpu_note: str) -> list[TargetRow]:
         rows.append(TargetRow(f"{r.label} payload per device and image", "informative", float(max(payload)),
                               ", ".join(f"{b:,} B" for b in payload), "DeViT: one CLS token (d floats) per device", None))
         rows.append(_memory_row(r))
-        steps = r.seconds_per_step
+        steps = r.steps
         rows.append(TargetRow(
-            f"{r.label} seconds per DEKD step, CPU ({rep['config']['distill']['loop']['batch_size']} images, "
-            f"{r.decompose_run['argv'][r.decompose_run['argv'].index('--threads') + 1]} thread)", "informative",
-            steps.get("distill"), ", ".join(f"{stage} {s:.2f} s" for stage, s in steps.items())
-            + " (stage wall time / optimiser steps, per-epoch validation included)", "", None,
+            f"{r.label} seconds per DEKD step, CPU ({r.decompose_run['argv'][r.decompose_run['argv'].index('--threads') + 1]} "
+            "thread; stage wall time / optimiser steps, validation included)", "informative",
+            steps["distill"].seconds_per_step if "distill" in steps else None,
+            ", ".join(f"{stage} {f.seconds_per_step:.2f} s ({f.images_per_step:.0f} images)" for stage, f in steps.items()),
+            "", None,
         ))
         rows.append(TargetRow(f"{r.label} seconds per DEKD step, GPU", "when a GPU is available", None, gpu_note, "", None))
         s = r.serving
