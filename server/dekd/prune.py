@@ -35,8 +35,8 @@ from coinfer.core.models.vit import VisionTransformer, ViTConfig
 CostKind = Literal["macs", "params"]
 
 IMPORTANCE_ACTIVATION_BYTES = 2 << 30
-"""Activations the importance pass may keep for its backward pass. Measured at 224 px: a ViT-S/16
-keeps about 63 MiB per image, so a batch of 128 would need 8 GiB and a ViT-B/16's about 19 GiB."""
+"""Activations the importance pass may keep for its backward pass. Measured at 224 px, a ViT-S/16
+keeps about 63 MiB per image: 8 GiB for a batch of 128, and a ViT-B/16 about twice as much."""
 
 
 @dataclass
