@@ -2,7 +2,7 @@
 
 Each part is a function ``run_benchmark(out_dir: Path, quick: bool) -> dict`` in its own role's
 module; its dict carries a ``targets`` list of rows ``{name, ours, target, anchor, met}`` that the
-report renders side by side. A part that fails is recorded as failed and the others still run.
+report renders side by side (a row's ``ours_text``, when it has one, is shown instead of ``ours``). A part that fails is recorded as failed and the others still run.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 # name -> module with run_benchmark(out_dir, quick) (rl's is called run_benchmarks).
 PARTS: dict[str, str] = {
     "dekd": "coinfer.bench.dekd",
+    "dekd_shape": "coinfer.bench.dekd_shape",
     "split": "coinfer.bench.split",
     "rl": "coinfer.bench.rl",
     "runtime": "coinfer.bench.runtime",
@@ -132,8 +133,10 @@ def render_report(results: dict[str, dict], quick: bool) -> str:
             lines += ["| figure | ours | target | anchor | met |", "| --- | --- | --- | --- | --- |"]
             for row in rows:
                 met = row.get("met")
+                # A row's text, where it has one, holds the figure with its context (or why it is missing).
+                ours = row.get("ours_text") or row.get("ours")
                 lines.append(
-                    f"| {row.get('name', '')} | {_fmt(row.get('ours'))} | {_fmt(row.get('target'))} | "
+                    f"| {row.get('name', '')} | {_fmt(ours)} | {_fmt(row.get('target'))} | "
                     f"{_fmt(row.get('anchor'))} | {'yes' if met else ('no' if met is not None else '')} |"
                 )
         finished = f" Finished {result['finished']}." if result.get("finished") else ""

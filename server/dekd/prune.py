@@ -34,6 +34,10 @@ from coinfer.core.models.vit import VisionTransformer, ViTConfig
 
 CostKind = Literal["macs", "params"]
 
+IMPORTANCE_ACTIVATION_BYTES = 2 << 30
+"""Activations the importance pass may keep for its backward pass. Measured at 224 px, a ViT-S/16
+keeps about 63 MiB per image: 8 GiB for a batch of 128, and a ViT-B/16 about twice as much."""
+
 
 @dataclass
 class UnitImportance:
@@ -93,7 +97,9 @@ def unit_importance(
     """Score heads, neurons and blocks of ``model`` on images ``x`` (float) with ``labels``.
 
     ``classes`` restricts the loss to those logits (a device's group); ``labels`` then index
-    into ``classes``. The model's weights are not changed.
+    into ``classes``. The model's weights are not changed. Each batch's gradient is summed over
+    micro-batches small enough for IMPORTANCE_ACTIVATION_BYTES (:func:`importance_batch_size`),
+    so the scores are those of whole batches of ``batch_size`` whatever the image size.
     """
     if len(x) == 0 or len(x) != len(labels):
         raise InvalidInput(f"importance needs images and as many labels, got {len(x)} and {len(labels)}")
@@ -101,6 +107,7 @@ def unit_importance(
     D, H, hd = cfg.depth, cfg.num_heads, cfg.resolved_head_dim
     if cfg.block_heads is not None or cfg.block_mlp_hidden is not None:
         raise InvalidInput("importance is computed on an unpruned teacher ViT")
+    micro = importance_batch_size(cfg, batch_size)
     was_training = model.training
     model.eval()
     head_gates = torch.ones(D, H, requires_grad=True)
@@ -129,14 +136,20 @@ def unit_importance(
         p.requires_grad_(False)
     try:
         for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size], labels[start : start + batch_size]
-            h = _embed(model, xb)
-            for i, blk in enumerate(model.blocks):
-                out = blk(h)
-                block_sum[i].add_((out - h).detach().sum(dim=0))
-                h = out
-            logits = model.head(model.norm(h)[:, 0])
-            grads = torch.autograd.grad(_loss(logits, yb, classes), [head_gates, *neuron_gates])
+            stop = min(start + batch_size, len(x))
+            grads = [torch.zeros_like(g) for g in (head_gates, *neuron_gates)]
+            for lo in range(start, stop, micro):
+                xb, yb = x[lo : min(lo + micro, stop)], labels[lo : min(lo + micro, stop)]
+                h = _embed(model, xb)
+                for i, blk in enumerate(model.blocks):
+                    out = blk(h)
+                    block_sum[i].add_((out - h).detach().sum(dim=0))
+                    h = out
+                logits = model.head(model.norm(h)[:, 0])
+                # The batch's mean loss, a micro-batch at a time.
+                loss = _loss(logits, yb, classes) * (len(xb) / (stop - start))
+                for total, g in zip(grads, torch.autograd.grad(loss, [head_gates, *neuron_gates])):
+                    total += g
             head_score += grads[0] ** 2
             for i in range(D):
                 neuron_score[i] += grads[1 + i] ** 2
@@ -146,13 +159,22 @@ def unit_importance(
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)
     block_mean = [s / len(x) for s in block_sum]
-    blocks = _block_scores(model, x[:block_samples], labels[:block_samples], classes, block_mean, batch_size)
+    blocks = _block_scores(model, x[:block_samples], labels[:block_samples], classes, block_mean, micro)
     model.train(was_training)
     return UnitImportance(
         heads=head_score.numpy(),
         neurons=[s.numpy() for s in neuron_score],
         blocks=blocks,
     )
+
+
+def importance_batch_size(cfg: ViTConfig, limit: int = 128) -> int:
+    """Images per importance forward pass: at most ``limit``, and few enough that the activations
+    kept for the backward pass (about 20 token vectors and one attention map per head, per block)
+    fit IMPORTANCE_ACTIVATION_BYTES."""
+    T, C = cfg.num_tokens, cfg.embed_dim
+    per_image = cfg.depth * (20 * T * C + cfg.num_heads * T * T) * 4
+    return max(1, min(limit, IMPORTANCE_ACTIVATION_BYTES // per_image))
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ accuracy.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 
 KIND = "teacher"
 PART = "teacher"
+_BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
+_MAX_BLOCKS = 1024
+"""More blocks than any ViT has: a key naming a block beyond is a damaged file, not a model."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ def trained_metadata(model, splits, arch: str, result, test_accuracy: float, tra
 
 
 def check_compatible(config, splits) -> None:
-    """The teacher's classes, image size and channels must be the dataset's; raise naming each mismatch."""
+    """The teacher's classes, image size, channels and patches must fit the dataset; raise naming each mismatch."""
     channels, height, width = splits.image_shape
     problems = []
     if config.num_classes != splits.num_classes:
@@ -160,7 +164,13 @@ def check_compatible(config, splits) -> None:
     if config.in_chans != channels:
         problems.append(f"{config.in_chans} input channel(s) vs the dataset's {channels}")
     if config.image_size != height or config.image_size != width:
-        problems.append(f"{config.image_size} x {config.image_size} images vs the dataset's {height} x {width}")
+        grid = config.image_size // config.patch_size
+        problems.append(
+            f"{config.image_size} x {config.image_size} images vs the dataset's {height} x {width} "
+            f"(its position embedding holds {grid} x {grid} patches of {config.patch_size} px)"
+        )
+    if height % config.patch_size or width % config.patch_size:
+        problems.append(f"its {config.patch_size}-px patches do not tile the dataset's {height} x {width} images")
     if problems:
         raise InvalidInput(f"the teacher does not fit dataset {splits.name!r}: " + "; ".join(problems))
 
@@ -276,7 +286,22 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     return dict(state)
 
 
+def _block_count(state: Mapping[str, Any]) -> int:
+    """1 + the highest block index named by any key, so a block missing one tensor still counts."""
+    indices = [int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))]
+    depth = 1 + max(indices) if indices else 0
+    if depth > _MAX_BLOCKS:
+        raise InvalidInput(f"a key names block {depth - 1}; a ViT teacher has at most {_MAX_BLOCKS} blocks")
+    return depth
+
+
 def _infer_vit_config(state: Mapping[str, Any], num_heads: int | None, source: str):
+    """The ViTConfig the checkpoint's shapes describe.
+
+    Widths are read from the blocks that hold the tensor in question; a block missing it is
+    given the others' width, so that the key comparison lists the tensor as missing instead of
+    the block being read as pruned.
+    """
     from coinfer.core.models.vit import ViTConfig
 
     required = ("cls_token", "pos_embed", "patch_embed.proj.weight")
@@ -292,24 +317,28 @@ def _infer_vit_config(state: Mapping[str, Any], num_heads: int | None, source: s
     side = round((tokens - 1) ** 0.5)
     if side * side != tokens - 1:
         raise InvalidInput(f"{source}: pos_embed has {tokens} tokens, not 1 + a square number of patches")
-    depth = 0
-    while f"blocks.{depth}.attn.qkv.weight" in state:
-        depth += 1
+    depth = _block_count(state)
     if depth == 0:
-        raise InvalidInput(f"{source}: no transformer blocks (blocks.0.attn.qkv.weight missing)")
+        raise InvalidInput(f"{source}: no transformer blocks (no key starts with 'blocks.0.')")
     heads = num_heads or max(1, C // 64)
     if C % heads:
         raise InvalidInput(f"{source}: embed_dim {C} is not divisible by {heads} heads; pass --num-heads")
     head_dim = C // heads
-    block_heads, block_mlp = [], []
-    for i in range(depth):
-        inner = state[f"blocks.{i}.attn.qkv.weight"].shape[0] // 3
-        if inner % head_dim:
-            raise InvalidInput(f"{source}: block {i} attention width {inner} is not a multiple of head_dim {head_dim}")
-        block_heads.append(inner // head_dim)
-        fc1 = state.get(f"blocks.{i}.mlp.fc1.weight")
-        block_mlp.append(0 if fc1 is None else fc1.shape[0])
-    head = state.get("head.weight")
+
+    def widths(key: str, per_row: int) -> list[int | None]:
+        found = [state.get(f"blocks.{i}.{key}") for i in range(depth)]
+        return [None if w is None else w.shape[0] // per_row for w in found]
+
+    inner = widths("attn.qkv.weight", 3)
+    mlp = widths("mlp.fc1.weight", 1)
+    for i, width in enumerate(inner):
+        if width is not None and width % head_dim:
+            raise InvalidInput(f"{source}: block {i} attention width {width} is not a multiple of head_dim {head_dim}")
+    usual_inner = next((w for w in inner if w is not None), C)
+    usual_mlp = next((w for w in mlp if w is not None), 4 * C)
+    block_heads = [(usual_inner if w is None else w) // head_dim for w in inner]
+    block_mlp = [usual_mlp if w is None else w for w in mlp]
+    head = state.get("head.weight", state.get("head.bias"))
     dense = all(h == heads for h in block_heads) and len(set(block_mlp)) == 1 and block_mlp[0] > 0
     return ViTConfig(
         image_size=side * patch,
@@ -320,11 +349,30 @@ def _infer_vit_config(state: Mapping[str, Any], num_heads: int | None, source: s
         num_heads=heads,
         mlp_ratio=(block_mlp[0] / C) if dense else 4.0,
         num_classes=0 if head is None else head.shape[0],
-        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        qkv_bias=any(k.endswith(".attn.qkv.bias") for k in state),
         head_dim=head_dim,
         block_heads=None if dense else tuple(block_heads),
         block_mlp_hidden=None if dense else tuple(block_mlp),
     )
+
+
+def _key_problems(state: Mapping[str, Any], model, source: str) -> str | None:
+    """Every missing and unexpected key, then every tensor of the wrong shape; None when the state fits."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(shapes) - set(state))
+    unexpected = sorted(set(state) - set(shapes))
+    if missing or unexpected:
+        lines = []
+        if missing:
+            lines.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            lines.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        cfg = model.config
+        return f"{source} does not fit our ViT ({cfg.depth} blocks, width {cfg.embed_dim}): " + "; ".join(lines)
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {shapes[k]})" for k in sorted(shapes) if tuple(state[k].shape) != shapes[k]]
+    if wrong:
+        return f"{source}: tensors of the wrong shape: {', '.join(wrong)}"
+    return None
 
 
 def import_timm_vit(path: str | Path, num_heads: int | None = None):
@@ -336,24 +384,13 @@ def import_timm_vit(path: str | Path, num_heads: int | None = None):
 
     state = read_state_dict(path)
     config = _infer_vit_config(state, num_heads, str(path))
+    model = VisionTransformer(config)
+    problem = _key_problems(state, model, str(path))
+    if problem:
+        raise InvalidInput(problem)
     if config.num_classes == 0:
         raise InvalidInput(f"{path}: the checkpoint has no classification head ('head.weight'); a teacher needs one")
     if config.block_heads is not None or config.block_mlp_hidden is not None:
         raise InvalidInput(f"{path}: the checkpoint is a pruned ViT (blocks of different widths); a teacher must be dense")
-    model = VisionTransformer(config)
-    expected = set(model.state_dict())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        lines = []
-        if missing:
-            lines.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-        if unexpected:
-            lines.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-        raise InvalidInput(f"{path} does not fit our ViT ({config.depth} blocks, width {config.embed_dim}): " + "; ".join(lines))
-    shapes = model.state_dict()
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(shapes[k].shape)})" for k in sorted(expected) if state[k].shape != shapes[k].shape]
-    if wrong:
-        raise InvalidInput(f"{path}: tensors of the wrong shape: {', '.join(wrong)}")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.eval()
