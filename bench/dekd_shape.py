@@ -339,7 +339,7 @@ def _teacher_figures(run: TeacherRun, settings: ShapeSettings, folder: Path, ima
     """Import, decompose and serve one teacher in ``folder``; every step that cannot run is noted."""
     from coinfer.core.data import load_dataset
     from coinfer.core.measure import measure_latency
-    from coinfer.server.dekd.artifact import load_devit
+    from coinfer.core.devit_bundle import load_devit
     from coinfer.server.dekd.teacher import load_teacher
     from coinfer.server.dekd.timm_vit import write_timm_vit
 
