@@ -6,10 +6,11 @@ import pytest
 
 from coinfer.core.bundle import Bundle
 from coinfer.skeleton import SkeletonConfig, build_skeleton_bundle
+from suite_threads import suite_threads
 
 # Small and quick: the tests compare the runtime with the same model run in-process, so
 # accuracy only has to be good enough for logits to have clear winners.
-TEST_SKELETON = SkeletonConfig(arch="vgg11", width_mult=0.25, epochs=3, threads=1)
+TEST_SKELETON = SkeletonConfig(arch="vgg11", width_mult=0.25, epochs=3, threads=suite_threads(1))
 
 
 @pytest.fixture(scope="session")
