@@ -27,6 +27,7 @@ from coinfer.serving.client import InferenceClient
 from coinfer.server.coordinator import CoordinatorConfig
 from coinfer.server.devit_service import DeViTServeConfig
 from coinfer.server.serve import start_coordinator
+from quantised import assert_float_close
 
 DEADLINE_S = 20.0
 MODEL = "digits-devit"
@@ -80,7 +81,7 @@ def test_the_fan_out_equals_the_in_process_ensemble(cluster, digits_test) -> Non
     p = reply.parameters
     assert reply.id == "fan-1" and p["degraded"] is False and p["submodels"] == "0,1,2,3"
     assert sorted(p["devices"].split(",")) == sorted(e.daemon.config.name for e in edges)  # one sub-model each
-    np.testing.assert_allclose(reply.outputs["logits"], serving.run_local(images), rtol=0, atol=1e-5)
+    assert_float_close(reply.outputs["logits"], serving.run_local(images), "the fan-out")
     assert p["compute_ms"] == pytest.approx(p["submodel_compute_ms"] + p["fusion_ms"])
     assert p["fanout_ms"] >= p["submodel_compute_ms"]
     # Any edge forwards the same request to the coordinator and relays the answer.
@@ -89,7 +90,7 @@ def test_the_fan_out_equals_the_in_process_ensemble(cluster, digits_test) -> Non
         forwarded = client.infer(MODEL, {"image": images})
     assert meta.inputs[0].datatype == "UINT8" and meta.outputs[0].shape == (-1, 10)
     assert forwarded.parameters["forwarded_by"] == "nano-2" and forwarded.parameters["degraded"] is False
-    np.testing.assert_allclose(forwarded.outputs["logits"], reply.outputs["logits"], rtol=0, atol=1e-6)
+    assert_float_close(forwarded.outputs["logits"], reply.outputs["logits"], "forwarded by an edge")
 
 
 def _status(fn, request) -> tuple[grpc.StatusCode, str]:
@@ -197,8 +198,8 @@ def test_a_missing_device_degrades_the_answer_until_its_sub_model_moves(cluster,
         assert p["degraded"] is True and p["missing"] == str(lost) and "nano-1" in p["missing_reason"]
         present = tuple(int(i) for i in p["submodels"].split(","))
         assert lost not in present and len(present) == 3 and "nano-1" not in p["devices"]
-        np.testing.assert_allclose(reply.outputs["logits"], serving.run_local(images, present), rtol=0, atol=1e-5)
+        assert_float_close(reply.outputs["logits"], serving.run_local(images, present), "degraded")
         # Once the device counts as gone, its sub-model moves to a live device and answers are whole again.
         full = _wait_full(client, images, timeout_s=30)
     assert "nano-1" not in full.parameters["devices"]
-    np.testing.assert_allclose(full.outputs["logits"], serving.run_local(images), rtol=0, atol=1e-5)
+    assert_float_close(full.outputs["logits"], serving.run_local(images), "whole again")
