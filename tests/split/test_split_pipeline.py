@@ -18,6 +18,7 @@ from coinfer.core.split_runtime import DeviceSide, ServerSide, load_samples, loa
 from coinfer.server.split.pipeline import run_split
 
 from split_helpers import tiny_config
+from quantised import assert_float_close, expected_logits, split_halves
 
 REQUIRED_POINT_FIELDS = {"index", "name", "accuracy", "feature_fp32_bytes", "payload_bytes", "compression",
                          "head_macs", "head_latency_ms"}
@@ -58,15 +59,21 @@ def test_bundle_parts_rebuild_and_the_wire_path_reproduces_the_report(split_run)
     point = report.points[2]
     device = DeviceSide.from_bundle(bundle, point.index, plan)
     server = ServerSide.from_bundle(bundle, point.index, plan)
-    correct, sizes = 0, []
-    for image, label in zip(splits.test.x, splits.test.y):
-        payload = device(image)
-        sizes.append(len(payload))
-        correct += int(server(payload).argmax() == label)
-    # One message per image through the real codec gives the report's figures.
-    assert correct / len(splits.test) == pytest.approx(point.accuracy, abs=2 / len(splits.test))
-    assert np.mean(sizes) == pytest.approx(point.payload_bytes, abs=0.01)
-    assert min(sizes) == point.payload_bytes_min and max(sizes) == point.payload_bytes_max
+    payloads = [device(image) for image in splits.test.x]
+    logits = np.concatenate([server(payload) for payload in payloads])
+    sizes = np.array([len(payload) for payload in payloads])
+    # One message per image through the real codec gives the report's figures. The report ran the
+    # same parts on batches: a code may differ only where a feature sits on a rounding boundary,
+    # so a prediction only where the bound leaves it undecided, a zlib size only for an image
+    # with such a feature, and then by less than an uncompressed message.
+    expected = expected_logits(split_halves(bundle, point.index), splits.test.x)
+    expected.check(logits, f"point {point.index} on the wire")
+    correct = int((logits.argmax(1) == splits.test.y).sum())
+    assert abs(correct - point.accuracy * len(splits.test)) <= int(expected.undecided().sum()) + 1e-6
+    message_bytes = len(to_bytes(encode(np.zeros(point.latent_shape, np.float32), bits=point.bits)))
+    slack = int((expected.uncertain > 0).sum()) * message_bytes
+    assert abs(sizes.sum() - point.payload_bytes * len(sizes)) <= slack + 0.005 * len(sizes)  # reported to 0.01
+    assert abs(int(sizes.min()) - point.payload_bytes_min) <= slack and abs(int(sizes.max()) - point.payload_bytes_max) <= slack
 
 
 def test_first_and_last_points_are_the_plain_backbone(split_run) -> None:
@@ -80,9 +87,9 @@ def test_first_and_last_points_are_the_plain_backbone(split_run) -> None:
     for i, image in enumerate(images):
         payload = upload(image)
         assert from_bytes(payload).datatype == "UINT8" and len(payload) == 64 + 39
-        np.testing.assert_allclose(server(payload), expected[i : i + 1], rtol=1e-5, atol=1e-5)
+        assert_float_close(server(payload), expected[i : i + 1], f"image {i} sent raw")
         assert local(image) == b""
-        np.testing.assert_allclose(local.last_logits, expected[i : i + 1], rtol=1e-5, atol=1e-5)
+        assert_float_close(local.last_logits, expected[i : i + 1], f"image {i} run on the device")
     with pytest.raises(InvalidInput, match="entirely on the device"):
         ServerSide.from_bundle(bundle, 5)
     with pytest.raises(NotFound, match="valid points"):
