@@ -193,9 +193,12 @@ def test_a_missing_device_degrades_the_answer_until_its_sub_model_moves(cluster,
     with InferenceClient(coordinator.address, timeout_s=DEADLINE_S) as client:
         started = time.monotonic()
         reply = client.infer(MODEL, {"image": images})
-        assert time.monotonic() - started < 2.0, "a dead device must not cost the whole timeout"
+        elapsed_s = time.monotonic() - started
         p = reply.parameters
         assert p["degraded"] is True and p["missing"] == str(lost) and "nano-1" in p["missing_reason"]
+        # A dead device fails at once (its port refuses), it is not waited for until the 5 s timeout.
+        assert "DEADLINE_EXCEEDED" not in p["missing_reason"], p["missing_reason"]
+        assert elapsed_s < 5.0, f"a dead device cost the whole timeout ({elapsed_s:.1f} s)"
         present = tuple(int(i) for i in p["submodels"].split(","))
         assert lost not in present and len(present) == 3 and "nano-1" not in p["devices"]
         assert_float_close(reply.outputs["logits"], serving.run_local(images, present), "degraded")
