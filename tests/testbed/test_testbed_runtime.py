@@ -22,7 +22,7 @@ import pytest
 from coinfer.bench.processes import DaemonProcess, coinfer_command
 from coinfer.testbed import Testbed
 
-from testbed_helpers import needs_netns, wait_line
+from testbed_helpers import assert_shaped_ms, needs_netns, wait_line
 from quantised import ExpectedLogits, expected_logits, split_halves
 from suite_threads import suite_threads
 
@@ -140,10 +140,7 @@ def expected_upload_ms(tb: Testbed, device_i: int, payload_bytes: int) -> float:
 
 
 def assert_follows_rate(measured_ms: list[float], expected_ms: float) -> None:
-    median = statistics.median(measured_ms[1:])
-    # Below: the shaper cannot be beaten, however fast the machine. Above: only a gross error
-    # (a rate in the wrong unit), since framing and a loaded CPU add time without limit.
-    assert 0.9 * expected_ms <= median <= 10 * expected_ms, (measured_ms, expected_ms)
+    assert_shaped_ms(statistics.median(measured_ms[1:]), expected_ms, floor=0.9)
 
 
 def test_split_requests_cross_the_testbed_at_each_devices_rate(deployment, bundle):
