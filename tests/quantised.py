@@ -238,3 +238,27 @@ def assert_predictions_agree(got: np.ndarray, want: np.ndarray, min_rate: float,
     print(f"{what}: argmax agreement {rate:.4f} over {len(got)} (at least {min_rate:.4f} required)")
     assert rate >= min_rate, f"{what}: argmax agreement {rate:.4f} is below {min_rate:.4f}"
     return rate
+
+
+def assert_accuracy_reproduced(logits: np.ndarray, labels: np.ndarray, reported_accuracy: float,
+                               expected: ExpectedLogits | None = None, what: str = "accuracy") -> None:
+    """An accuracy another run measured on the same images, recomputed from ``logits``.
+
+    That run (other batches, thread counts, kernels, or codes flipped on rounding boundaries) may
+    decide an image otherwise only where the top two logits are within what it may change: the
+    bounds of ``expected``, or float rounding around ``logits`` when it is not given.
+    """
+    logits, labels = np.asarray(logits, np.float32), np.asarray(labels)
+    if expected is None:
+        expected = ExpectedLogits(logits, _float_bound(logits), np.zeros(len(logits), np.int64))
+    right = logits.argmax(1) == labels
+    undecided = expected.undecided()
+    correct, reported = int(right.sum()), reported_accuracy * len(labels)
+    # Undecided images right here may be wrong there, and those wrong here may be right there.
+    low, high = correct - int((undecided & right).sum()), correct + int((undecided & ~right).sum())
+    print(f"{what}: {correct} of {len(labels)} correct here, {reported:.2f} reported; "
+          f"{int(undecided.sum())} predictions undecided within the bound")
+    slack = 1e-6 * len(labels)  # the reported fraction's rounding
+    assert low - slack <= reported <= high + slack, (
+        f"{what}: {reported:.2f} of {len(labels)} reported correct, but the undecided predictions allow "
+        f"{low} to {high}")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from coinfer.core.codec import decode, encode
-from quantised import (KERNEL_RTOL, ExpectedLogits, SplitHalves, assert_float_close, assert_predictions_agree,
-                       assert_quantised_like_codec, expected_logits)
+from quantised import (KERNEL_RTOL, ExpectedLogits, SplitHalves, assert_accuracy_reproduced, assert_float_close,
+                       assert_predictions_agree, assert_quantised_like_codec, expected_logits)
 
 
 def _halves(bits: int, per_image: bool, seed: int = 0, on_boundaries: bool = False) -> SplitHalves:
@@ -113,3 +113,12 @@ def test_a_prediction_is_undecided_when_the_top_two_are_within_their_bounds() ->
     logits = np.array([[2.0, 1.99, 0.0], [2.0, 1.0, 0.0]], np.float32)
     expected = ExpectedLogits(logits, np.full(logits.shape, 0.01, np.float32), np.zeros(2, np.int64))
     assert expected.undecided().tolist() == [True, False]
+
+
+def test_a_reported_accuracy_is_reproduced_up_to_the_undecided_images() -> None:
+    logits = np.array([[2.0, 2.0 - 1e-6], [2.0, 1.0], [0.0, 1.0]], np.float32)  # the first is a near tie
+    labels = np.array([1, 0, 1])
+    assert_accuracy_reproduced(logits, labels, 3 / 3)  # another run may have taken the tie the other way
+    assert_accuracy_reproduced(logits, labels, 2 / 3)
+    with pytest.raises(AssertionError, match="allow 2 to 3"):
+        assert_accuracy_reproduced(logits, labels, 1 / 3)  # the decided images are right here

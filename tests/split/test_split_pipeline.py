@@ -18,7 +18,7 @@ from coinfer.core.split_runtime import DeviceSide, ServerSide, load_samples, loa
 from coinfer.server.split.pipeline import run_split
 
 from split_helpers import tiny_config
-from quantised import assert_float_close, expected_logits, split_halves
+from quantised import assert_accuracy_reproduced, assert_float_close, expected_logits, split_halves
 
 REQUIRED_POINT_FIELDS = {"index", "name", "accuracy", "feature_fp32_bytes", "payload_bytes", "compression",
                          "head_macs", "head_latency_ms"}
@@ -68,8 +68,7 @@ def test_bundle_parts_rebuild_and_the_wire_path_reproduces_the_report(split_run)
     # with such a feature, and then by less than an uncompressed message.
     expected = expected_logits(split_halves(bundle, point.index), splits.test.x)
     expected.check(logits, f"point {point.index} on the wire")
-    correct = int((logits.argmax(1) == splits.test.y).sum())
-    assert abs(correct - point.accuracy * len(splits.test)) <= int(expected.undecided().sum()) + 1e-6
+    assert_accuracy_reproduced(logits, splits.test.y, point.accuracy, expected, f"point {point.index}")
     message_bytes = len(to_bytes(encode(np.zeros(point.latent_shape, np.float32), bits=point.bits)))
     slack = int((expected.uncertain > 0).sum()) * message_bytes
     assert abs(sizes.sum() - point.payload_bytes * len(sizes)) <= slack + 0.005 * len(sizes)  # reported to 0.01
