@@ -30,6 +30,8 @@ import torch
 
 from coinfer.core.bundle import Bundle
 from coinfer.core.codec import decode, encode, from_bytes, to_bytes
+from coinfer.core.measure import torch_threads
+from suite_threads import suite_threads
 
 KERNEL_RTOL = 1e-5
 """How far two float32 runs of one model may drift apart on different kernels, thread counts or
@@ -122,7 +124,16 @@ class ExpectedLogits:
 
 
 def expected_logits(halves: SplitHalves, images: np.ndarray) -> ExpectedLogits:
-    """The split point's logits for uint8 ``images`` run here, each with its bound."""
+    """The split point's logits for uint8 ``images`` run here, each with its bound.
+
+    Run at one thread unless COINFER_TEST_THREADS says otherwise: the bound holds whatever the
+    reference's thread count, and on shared cores a second thread can make small work 100x slower.
+    """
+    with torch_threads(suite_threads(1)):
+        return _expected_logits(halves, images)
+
+
+def _expected_logits(halves: SplitHalves, images: np.ndarray) -> ExpectedLogits:
     x = torch.from_numpy(np.ascontiguousarray(images))
     with torch.inference_mode():
         if halves.device is None:
@@ -165,7 +176,7 @@ def expected_logits(halves: SplitHalves, images: np.ndarray) -> ExpectedLogits:
 
 def float_logits(halves: SplitHalves, images: np.ndarray) -> np.ndarray:
     """The split point's logits with the codec left out: float32 from the image to the answer."""
-    with torch.inference_mode():
+    with torch_threads(suite_threads(1)), torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(images))
         sent = x if halves.device is None else halves.device(x.float().div(255.0))
         return sent.float().numpy() if halves.server is None else halves.server(sent.float()).numpy()
