@@ -174,6 +174,18 @@ def _expected_logits(halves: SplitHalves, images: np.ndarray) -> ExpectedLogits:
     return ExpectedLogits(logits, bound, per_image)
 
 
+def payload_slack_bytes(expected: ExpectedLogits, payload: bytes) -> int:
+    """How far a total of one payload per image may move on another run, zlib sizes depending on the codes.
+
+    Only images with a feature on a rounding boundary may get other codes, and a message with
+    other codes is still between its smallest zlib size and its uncompressed size: so, for each
+    such image, the size of ``payload``'s message uncompressed.
+    """
+    message = from_bytes(payload)
+    uncompressed = len(to_bytes(encode(np.zeros(message.shape, np.float32), bits=message.bits)))
+    return int((expected.uncertain > 0).sum()) * uncompressed
+
+
 def float_logits(halves: SplitHalves, images: np.ndarray) -> np.ndarray:
     """The split point's logits with the codec left out: float32 from the image to the answer."""
     with torch_threads(suite_threads(1)), torch.inference_mode():

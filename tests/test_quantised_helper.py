@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from coinfer.core.codec import decode, encode
+from coinfer.core.codec import decode, encode, to_bytes
 from quantised import (KERNEL_RTOL, ExpectedLogits, SplitHalves, assert_accuracy_reproduced, assert_float_close,
-                       assert_predictions_agree, assert_quantised_like_codec, expected_logits)
+                       assert_predictions_agree, assert_quantised_like_codec, expected_logits, payload_slack_bytes)
 
 
 def _halves(bits: int, per_image: bool, seed: int = 0, on_boundaries: bool = False) -> SplitHalves:
@@ -122,3 +122,12 @@ def test_a_reported_accuracy_is_reproduced_up_to_the_undecided_images() -> None:
     assert_accuracy_reproduced(logits, labels, 2 / 3)
     with pytest.raises(AssertionError, match="allow 2 to 3"):
         assert_accuracy_reproduced(logits, labels, 1 / 3)  # the decided images are right here
+
+
+def test_payload_sizes_may_move_by_an_uncompressed_message_per_uncertain_image() -> None:
+    logits = np.zeros((3, 2), np.float32)
+    payload = to_bytes(encode(np.arange(64, dtype=np.float32).reshape(1, 4, 4, 4), bits=4, compress=True))
+    uncompressed = len(to_bytes(encode(np.zeros((1, 4, 4, 4), np.float32), bits=4)))
+    certain = ExpectedLogits(logits, np.ones_like(logits), np.array([0, 0, 0]))
+    assert payload_slack_bytes(certain, payload) == 0
+    assert payload_slack_bytes(ExpectedLogits(logits, np.ones_like(logits), np.array([0, 2, 1])), payload) == 2 * uncompressed

@@ -18,7 +18,7 @@ from coinfer.core.split_runtime import DeviceSide, ServerSide, load_samples, loa
 from coinfer.server.split.pipeline import run_split
 
 from split_helpers import tiny_config
-from quantised import assert_accuracy_reproduced, assert_float_close, expected_logits, split_halves
+from quantised import assert_accuracy_reproduced, assert_float_close, expected_logits, payload_slack_bytes, split_halves
 
 REQUIRED_POINT_FIELDS = {"index", "name", "accuracy", "feature_fp32_bytes", "payload_bytes", "compression",
                          "head_macs", "head_latency_ms"}
@@ -69,8 +69,7 @@ def test_bundle_parts_rebuild_and_the_wire_path_reproduces_the_report(split_run)
     expected = expected_logits(split_halves(bundle, point.index), splits.test.x)
     expected.check(logits, f"point {point.index} on the wire")
     assert_accuracy_reproduced(logits, splits.test.y, point.accuracy, expected, f"point {point.index}")
-    message_bytes = len(to_bytes(encode(np.zeros(point.latent_shape, np.float32), bits=point.bits)))
-    slack = int((expected.uncertain > 0).sum()) * message_bytes
+    slack = payload_slack_bytes(expected, payloads[0])
     assert abs(sizes.sum() - point.payload_bytes * len(sizes)) <= slack + 0.005 * len(sizes)  # reported to 0.01
     assert abs(int(sizes.min()) - point.payload_bytes_min) <= slack and abs(int(sizes.max()) - point.payload_bytes_max) <= slack
 
