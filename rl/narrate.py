@@ -12,8 +12,9 @@ from coinfer.rl.sim.core import STAGE_NAMES, Simulator
 from coinfer.rl.sim.metrics import EpisodeMetrics
 
 
-def narrate_episode(scenario: Scenario, policy: Policy, seed: int = 0, out: TextIO = sys.stdout, max_slots: int | None = None) -> EpisodeMetrics:
-    """Run one evaluation episode and write, per slot and device, the decision and the queue."""
+def narrate_episode(scenario: Scenario, policy: Policy, seed: int = 0, out: TextIO | None = None, max_slots: int | None = None) -> EpisodeMetrics:
+    """Run one evaluation episode and write, per slot and device, the decision and the queue (to stdout by default)."""
+    out = sys.stdout if out is None else out  # read at call time: a stream bound at import outlives a redirection
     sim = Simulator(scenario, num_envs=1, mode="eval", seed=seed)
     names = [p.name for p in scenario.devices[0].profile.points]
     policy.reset()

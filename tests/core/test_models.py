@@ -60,14 +60,7 @@ def _dead_by_pruning(config: dict) -> set[str]:
     return dead
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These networks are tiny: a second intra-op thread only adds synchronisation, and on a
-    # shared machine a waiting thread can stall a forward pass by seconds.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("few_threads")  # tiny models (tests/conftest.py)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

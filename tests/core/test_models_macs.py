@@ -12,12 +12,7 @@ from coinfer.core.errors import InvalidInput
 from coinfer.core.models import ViTConfig, VisionTransformer, build_model, count_macs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: extra threads only add waiting on a shared machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("few_threads")  # tiny models (tests/conftest.py)
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:

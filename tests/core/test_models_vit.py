@@ -16,12 +16,7 @@ TINY = dict(image_size=8, in_chans=3, patch_size=2, embed_dim=16, depth=4, num_h
 PRUNED = dict(TINY, head_dim=4, block_heads=(3, 0, 1, 2), block_mlp_hidden=(8, 0, 24, 4))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: extra threads only add waiting on a shared machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("few_threads")  # tiny models (tests/conftest.py)
 
 
 def _vit(seed: int = 0, **overrides) -> VisionTransformer:

@@ -8,6 +8,7 @@ import torch
 from coinfer.core.data import load_dataset
 from coinfer.core.models.vit import VisionTransformer
 from dekd_configs import tiny_vit_config
+from suite_threads import suite_threads
 
 
 @pytest.fixture(autouse=True)
@@ -15,7 +16,7 @@ def one_thread():
     """Tiny models train fastest on one thread, and far faster than on two when other jobs share the cores."""
     from coinfer.core.measure import torch_threads
 
-    with torch_threads(1):
+    with torch_threads(suite_threads(1)):
         yield
 
 
@@ -32,7 +33,7 @@ def tiny_teacher(digits) -> VisionTransformer:
 
     torch.manual_seed(0)
     model = VisionTransformer(tiny_vit_config())
-    with torch_threads(1):
+    with torch_threads(suite_threads(1)):
         train_classifier(model, digits, TrainConfig(epochs=15, lr=3e-3, batch_size=32, progress=False, warmup_epochs=1))
     return model.eval()
 

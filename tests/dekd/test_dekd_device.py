@@ -4,6 +4,7 @@ and a teacher cache that ignores the device it was trained on."""
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -144,10 +145,23 @@ class _StubReport:
 
 def test_bench_records_teacher_device_and_keeps_its_time_apart(tmp_path, monkeypatch, record_teacher_training):
     from coinfer.server.dekd import pipeline
+    from coinfer.server.dekd import teacher as teacher_module
 
+    # The benchmark's clock moves only where the test moves it: 2 s of teacher training and
+    # 0.5 s per DEKD run (binary fractions, so the rounded figures are exact).
+    clock = SimpleNamespace(now_s=100.0)
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: clock.now_s))
+    train_teacher = teacher_module.train_teacher
+
+    def two_second_training(*args):
+        clock.now_s += 2.0
+        return train_teacher(*args)
+
+    monkeypatch.setattr(teacher_module, "train_teacher", two_second_training)
     teachers = []
 
     def fake_decompose(teacher, splits, config, **kwargs):
+        clock.now_s += 0.5
         teachers.append({p.device.type for p in teacher.parameters()})
         return _StubReport()
 
@@ -163,14 +177,13 @@ def test_bench_records_teacher_device_and_keeps_its_time_apart(tmp_path, monkeyp
     assert written == json.loads(json.dumps(first))
     assert written["settings"]["teacher_epochs"] == 1 and written["teacher"]["bench_settings"]["epochs"] == 1
     assert written["teacher_device"] == AUTO and written["teacher_reused"] is False
-    assert written["teacher_train_seconds"] > 0
-    assert written["stages_wall_seconds"] == pytest.approx(written["wall_seconds"] - written["teacher_train_seconds"], abs=0.11)
-    assert written["stages_wall_seconds"] < written["wall_seconds"]
+    assert written["teacher_train_seconds"] == 2.0
+    assert written["stages_wall_seconds"] == 1.5 and written["wall_seconds"] == 3.5
     # A later CPU run with the same settings reuses that teacher: no device, no teacher time.
     second = bench.run_benchmark(tmp_path, settings=settings, progress=False, teacher_device="cpu", teacher_epochs=1)
     assert len(record_teacher_training) == 1
     assert second["teacher_device"] is None and second["teacher_reused"] is True and second["teacher_train_seconds"] == 0.0
-    assert second["stages_wall_seconds"] == second["wall_seconds"] and second["teacher"]["train_device"] == AUTO
+    assert second["stages_wall_seconds"] == second["wall_seconds"] == 1.5 and second["teacher"]["train_device"] == AUTO
 
 
 @GPU

@@ -43,3 +43,18 @@ def wait_whole(address: str, timeout_s: float = 60.0) -> None:
                     break
                 assert time.monotonic() < deadline, f"{model} at {address} never answered whole: {p}"
                 time.sleep(0.1)
+
+
+def wait_for_log(caplog, logger: str, text: str, count: int = 2, timeout_s: float = 60.0) -> list[str]:
+    """Block until ``logger`` has logged ``count`` records containing ``text``; returns their messages.
+
+    The positive sign that a daemon tried and failed (rather than a sleep after which nothing
+    happened): call ``caplog.set_level(logging.WARNING, logger=...)`` before starting the daemon.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [r.getMessage() for r in list(caplog.records) if r.name == logger and text in r.getMessage()]
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"{logger} logged {len(found)} of {count} records with {text!r} in {timeout_s} s"
+        time.sleep(0.05)

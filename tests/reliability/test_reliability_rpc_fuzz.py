@@ -287,7 +287,12 @@ load_fields = st.fixed_dictionaries({
 @given(device=device_fields, load=load_fields, parts=st.lists(st.text(max_size=30), max_size=4), temperature=st.one_of(st.none(), st.floats()),
        known_id=st.booleans())
 def test_random_registrations_and_heartbeats_leave_the_registry_and_scheduler_working(device, load, parts, temperature, known_id, scheduled) -> None:
-    server, channel = scheduled
+    _, channel = scheduled
+    _register_and_beat(channel, device, load, parts, temperature, known_id)
+
+
+def _register_and_beat(channel, device: dict, load: dict, parts: list[str], temperature: float | None, known_id: bool) -> None:
+    """Register ``device``, then heartbeat ``load`` for it (or for an unknown id): each answered as it must be."""
     stub_register = channel.unary_unary(COORDINATOR + "Register", request_serializer=lambda m: m.SerializeToString(), response_deserializer=v1.RegisterResponse.FromString)
     stub_beat = channel.unary_unary(COORDINATOR + "Heartbeat", request_serializer=lambda m: m.SerializeToString(), response_deserializer=v1.HeartbeatResponse.FromString)
     device_id = "fz-unknown"
@@ -308,14 +313,23 @@ def test_random_registrations_and_heartbeats_leave_the_registry_and_scheduler_wo
         assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "register again" in exc.details()
 
 
-def test_after_registry_fuzzing_the_scheduler_and_the_part_store_still_work(scheduled, split_bundle) -> None:
-    """Runs after the property above (same module): the scheduler thread still decides every slot."""
+def test_after_odd_registrations_the_scheduler_and_the_part_store_still_work(scheduled, split_bundle) -> None:
+    """Whatever ran before it: odd devices register and report here, then the scheduler still decides every slot."""
     import time
 
     server, channel = scheduled
+    nan, huge = float("nan"), 2**63 - 1
+    for i, (distance_m, cpu_percent, temperature) in enumerate([(nan, nan, nan), (-1.0, 1e308, -273.0), (0.0, -5.0, None)]):
+        device = {"name": f"fz-odd-{i}", "address": "127.0.0.1:1", "platform": "", "cpu_count": -1,
+                  "memory_total_bytes": huge, "profile": "?", "distance_m": distance_m}
+        load = {"cpu_percent": cpu_percent, "queue_length": -(2**31), "rtt_ms": nan, "uplink_bytes_per_s": -1.0,
+                "requests_total": 2**64 - 1, "uplink_energy_j": float("inf")}
+        _register_and_beat(channel, device, load, ["x", ""], temperature, known_id=i != 2)
     slots = server.scheduler.slots
-    time.sleep(0.5)
-    assert server.scheduler.slots >= slots + 3, "the scheduler stopped deciding"
+    deadline = time.monotonic() + 10.0  # slots of 50 ms: three take 0.15 s on an idle machine
+    while server.scheduler.slots < slots + 3:
+        assert time.monotonic() < deadline and server.scheduler._thread.is_alive(), "the scheduler stopped deciding"
+        time.sleep(0.05)
     assert server.scheduler._thread.is_alive()
     fetch = channel.unary_stream(COORDINATOR + "FetchPart", request_serializer=lambda m: m.SerializeToString(), response_deserializer=v1.PartChunk.FromString)
     spec = split_bundle.part("point1.encoder")

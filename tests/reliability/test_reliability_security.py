@@ -10,6 +10,7 @@ numpy's pickle path wired to fail.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ from coinfer.protos import coinfer_v1_pb2 as v1
 from coinfer.protos import inference_pb2 as pb
 from coinfer.serving.security import ClientSecurity, ServerSecurity, open_channel
 
-from reliability_helpers import DEVIT_MODEL, SPLIT_MODEL, wait_whole
+from reliability_helpers import DEVIT_MODEL, SPLIT_MODEL, wait_for_log, wait_whole
 
 TOKEN = "correct-horse-battery-staple"
 DEADLINE_S = 20.0
@@ -141,23 +142,23 @@ def test_a_token_channel_sends_the_token_on_streaming_request_calls_too(locked, 
         assert _call(channel, REFLECTION, True, True) == grpc.StatusCode.OK
 
 
-def test_an_edge_that_trusts_another_ca_never_registers(certs, split_bundle, tmp_path) -> None:
+def test_an_edge_that_trusts_another_ca_never_registers(certs, split_bundle, tmp_path, caplog) -> None:
     """The edge side of the same door: a coordinator with a certificate the edge does not trust is never used."""
-    import time
-
     from coinfer.edge.daemon import EdgeConfig
     from coinfer.edge.serve import start_edge
     from coinfer.serving.server import ServerOptions
     from coinfer.server.serve import start_coordinator
 
     ours, other = certs
+    caplog.set_level(logging.WARNING, logger="coinfer.edge.daemon")
     options = ServerOptions(listen="localhost:0", grace_s=0.2, security=ServerSecurity(ours.server_cert, ours.server_key, client_ca_file=ours.ca_cert))
     coordinator = start_coordinator(split_bundle.path, options)
     wrong_trust = ClientSecurity(ca_file=other.ca_cert, cert_file=other.server_cert, key_file=other.server_key)
     edge = start_edge(EdgeConfig(name="stranger", coordinator=coordinator.address, address="", cache_dir=tmp_path / "cache", security=wrong_trust),
                       ServerOptions(listen="127.0.0.1:0", grace_s=0.2))
     try:
-        time.sleep(2.0)
+        # The edge tried twice (its control loop logs each failed attempt) and got nowhere.
+        wait_for_log(caplog, "coinfer.edge.daemon", "Register with the coordinator", count=2)
         assert coordinator.coordinator.devices(include_stale=True) == [] and not edge.daemon.is_ready()
         assert not any((tmp_path / "cache").rglob("*.safetensors")), "a part reached an edge over an untrusted connection"
     finally:

@@ -6,10 +6,11 @@ import pytest
 
 from coinfer.core.bundle import Bundle
 from coinfer.skeleton import SkeletonConfig, build_skeleton_bundle
+from suite_threads import suite_threads
 
 # Small and quick: the tests compare the runtime with the same model run in-process, so
 # accuracy only has to be good enough for logits to have clear winners.
-TEST_SKELETON = SkeletonConfig(arch="vgg11", width_mult=0.25, epochs=3, threads=1)
+TEST_SKELETON = SkeletonConfig(arch="vgg11", width_mult=0.25, epochs=3, threads=suite_threads(1))
 
 
 @pytest.fixture(scope="session")
@@ -23,25 +24,11 @@ def model_name(skeleton_bundle: Bundle) -> str:
 
 
 @pytest.fixture(scope="session")
-def reference_logits(skeleton_bundle: Bundle):
-    """f(images, quantised) -> logits of head + tail run in this process, with or without the link's codec."""
-    import numpy as np
-    import torch
+def skeleton_halves(skeleton_bundle: Bundle):
+    """The skeleton's head and tail read from the bundle, for tests/quantised.py's comparisons."""
+    from quantised import split_halves
 
-    from coinfer.core.codec import decode, encode
-    from coinfer.core.data import to_float
-
-    head, tail = skeleton_bundle.load_module("head"), skeleton_bundle.load_module("tail")
-    bits = int(skeleton_bundle.metadata["codec_bits"])
-
-    def run(images: np.ndarray, quantised: bool) -> np.ndarray:
-        with torch.inference_mode():
-            feature = head(to_float(images)).numpy()
-            if quantised:
-                feature = decode(encode(feature, bits=bits))
-            return tail(torch.from_numpy(np.ascontiguousarray(feature))).numpy()
-
-    return run
+    return split_halves(skeleton_bundle)
 
 
 @pytest.fixture(scope="session")

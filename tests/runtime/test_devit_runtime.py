@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 import urllib.request
 
 import grpc
 import numpy as np
 import pytest
 
+from coinfer.core.errors import NotFound
 from coinfer.edge.daemon import EdgeConfig
 from coinfer.edge.serve import start_edge
 from coinfer.protos import coinfer_v1_pb2 as v1
@@ -27,6 +29,7 @@ from coinfer.serving.client import InferenceClient
 from coinfer.server.coordinator import CoordinatorConfig
 from coinfer.server.devit_service import DeViTServeConfig
 from coinfer.server.serve import start_coordinator
+from quantised import assert_float_close
 
 DEADLINE_S = 20.0
 MODEL = "digits-devit"
@@ -80,7 +83,7 @@ def test_the_fan_out_equals_the_in_process_ensemble(cluster, digits_test) -> Non
     p = reply.parameters
     assert reply.id == "fan-1" and p["degraded"] is False and p["submodels"] == "0,1,2,3"
     assert sorted(p["devices"].split(",")) == sorted(e.daemon.config.name for e in edges)  # one sub-model each
-    np.testing.assert_allclose(reply.outputs["logits"], serving.run_local(images), rtol=0, atol=1e-5)
+    assert_float_close(reply.outputs["logits"], serving.run_local(images), "the fan-out")
     assert p["compute_ms"] == pytest.approx(p["submodel_compute_ms"] + p["fusion_ms"])
     assert p["fanout_ms"] >= p["submodel_compute_ms"]
     # Any edge forwards the same request to the coordinator and relays the answer.
@@ -89,7 +92,7 @@ def test_the_fan_out_equals_the_in_process_ensemble(cluster, digits_test) -> Non
         forwarded = client.infer(MODEL, {"image": images})
     assert meta.inputs[0].datatype == "UINT8" and meta.outputs[0].shape == (-1, 10)
     assert forwarded.parameters["forwarded_by"] == "nano-2" and forwarded.parameters["degraded"] is False
-    np.testing.assert_allclose(forwarded.outputs["logits"], reply.outputs["logits"], rtol=0, atol=1e-6)
+    assert_float_close(forwarded.outputs["logits"], reply.outputs["logits"], "forwarded by an edge")
 
 
 def _status(fn, request) -> tuple[grpc.StatusCode, str]:
@@ -164,8 +167,17 @@ def test_bad_input_gets_precise_statuses_and_serving_goes_on(cluster, devit_bund
 
 def test_devices_decisions_and_metrics_are_visible(cluster) -> None:
     coordinator, edges, metrics_port = cluster
+    with InferenceClient(coordinator.address, timeout_s=DEADLINE_S) as client:
+        _wait_full(client, spread=4)  # every device answered a sub-model call, whatever ran before
+        with pytest.raises(NotFound):
+            client.infer("nope", {"image": np.zeros((1, 1, 8, 8), np.uint8)})  # counted under "_unknown"
+    deadline = time.monotonic() + 10  # until a heartbeat (every 0.1 s) has reported that call
     with open_channel(coordinator.address) as channel:
-        listed = v1_grpc.CoordinatorStub(channel).ListDevices(v1.ListDevicesRequest(), timeout=DEADLINE_S)
+        while True:
+            listed = v1_grpc.CoordinatorStub(channel).ListDevices(v1.ListDevicesRequest(), timeout=DEADLINE_S)
+            if all(d.last_report.requests_total >= 1 for d in listed.devices) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     assert sorted(d.info.name for d in listed.devices) == [f"nano-{i}" for i in range(4)]
     for d in listed.devices:
         assert d.live and d.seconds_since_heartbeat < 1.5 and d.submodel_calls >= 1
@@ -182,23 +194,37 @@ def test_devices_decisions_and_metrics_are_visible(cluster) -> None:
     assert "coinfer_request_latency_seconds_bucket" in text and "coinfer_devices_live 4.0" in text
 
 
-def test_a_missing_device_degrades_the_answer_until_its_sub_model_moves(cluster, digits_test) -> None:
+def test_a_missing_device_degrades_the_answer_until_its_sub_model_moves(cluster, digits_test, tmp_path) -> None:
     coordinator, edges, _ = cluster
     serving = coordinator.coordinator.catalog.devit[MODEL]
     images = digits_test.x[:4]
-    victim = edges.pop(1)
+    victim = edges[1]
     lost = victim.daemon.assignment.submodels[0].index
     victim.stop()
+    try:
+        _degrades_until_the_sub_model_moves(coordinator, serving, images, lost)
+    finally:
+        # The cluster as the other tests expect it, whichever order they run in: nano-1 back, four devices in use.
+        config = replace(victim.daemon.config, address="", cache_dir=tmp_path / "nano-1-again")  # a port of its own
+        edges[1] = start_edge(config, ServerOptions(listen="127.0.0.1:0", grace_s=0.2))
+        with InferenceClient(coordinator.address, timeout_s=DEADLINE_S) as client:
+            _wait_full(client, spread=4)
+
+
+def _degrades_until_the_sub_model_moves(coordinator, serving, images, lost: int) -> None:
     with InferenceClient(coordinator.address, timeout_s=DEADLINE_S) as client:
         started = time.monotonic()
         reply = client.infer(MODEL, {"image": images})
-        assert time.monotonic() - started < 2.0, "a dead device must not cost the whole timeout"
+        elapsed_s = time.monotonic() - started
         p = reply.parameters
         assert p["degraded"] is True and p["missing"] == str(lost) and "nano-1" in p["missing_reason"]
+        # A dead device fails at once (its port refuses), it is not waited for until the 5 s timeout.
+        assert "DEADLINE_EXCEEDED" not in p["missing_reason"], p["missing_reason"]
+        assert elapsed_s < 5.0, f"a dead device cost the whole timeout ({elapsed_s:.1f} s)"
         present = tuple(int(i) for i in p["submodels"].split(","))
         assert lost not in present and len(present) == 3 and "nano-1" not in p["devices"]
-        np.testing.assert_allclose(reply.outputs["logits"], serving.run_local(images, present), rtol=0, atol=1e-5)
+        assert_float_close(reply.outputs["logits"], serving.run_local(images, present), "degraded")
         # Once the device counts as gone, its sub-model moves to a live device and answers are whole again.
         full = _wait_full(client, images, timeout_s=30)
     assert "nano-1" not in full.parameters["devices"]
-    np.testing.assert_allclose(full.outputs["logits"], serving.run_local(images), rtol=0, atol=1e-5)
+    assert_float_close(full.outputs["logits"], serving.run_local(images), "whole again")

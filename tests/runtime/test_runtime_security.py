@@ -7,7 +7,6 @@ import stat
 import urllib.request
 
 import grpc
-import numpy as np
 import pytest
 
 from coinfer.cli import main
@@ -21,6 +20,7 @@ from coinfer.serving.certs import init_certs
 from coinfer.serving.client import InferenceClient
 from coinfer.server.coordinator import CoordinatorConfig
 from coinfer.server.serve import start_coordinator
+from quantised import assert_float_close
 
 DEADLINE_S = 20.0
 TOKEN = "s3cret-token"
@@ -70,7 +70,7 @@ def test_every_hop_runs_over_mutual_tls_with_a_token(devit_bundle, split_bundle,
                 time.sleep(0.1)
             # Two devices, two sub-models each: the fan-out crossed mutual TLS to both.
             assert sorted(set(reply.parameters["devices"].split(","))) == ["tls-0", "tls-1"]
-            np.testing.assert_allclose(reply.outputs["logits"], coordinator.coordinator.catalog.devit["digits-devit"].run_local(images), atol=1e-5)
+            assert_float_close(reply.outputs["logits"], coordinator.coordinator.catalog.devit["digits-devit"].run_local(images), "across mutual TLS")
         with InferenceClient(edges[0].address, user, timeout_s=DEADLINE_S) as client:
             client.wait_until_ready("digits-split", timeout_s=60)
             assert client.infer("digits-split", {"image": images}).parameters["offloaded"] in (True, False)

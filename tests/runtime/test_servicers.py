@@ -25,6 +25,7 @@ from coinfer.serving.server import ServerOptions
 from coinfer.serving.client import InferenceClient
 from coinfer.server.coordinator import CoordinatorConfig
 from coinfer.server.serve import start_coordinator
+from quantised import assert_float_close
 
 DEADLINE_S = 10.0
 
@@ -105,7 +106,7 @@ def test_offload_runs_the_tail_and_refuses_bad_features(stub, skeleton_bundle, m
         feature = head(to_float(digits_test.x[:4])).numpy()
         expected = tail(torch.from_numpy(feature)).numpy()
     ok = stub.Offload(v1.OffloadRequest(model_name=model_name, split_point=point, payload=to_bytes(encode(feature)), request_id="r7"), timeout=DEADLINE_S)
-    np.testing.assert_allclose(tensor_from_raw(ok.datatype, tuple(ok.shape), ok.logits), expected, rtol=0, atol=1e-5)
+    assert_float_close(tensor_from_raw(ok.datatype, tuple(ok.shape), ok.logits), expected, "the tail on an FP32 feature")
     assert ok.request_id == "r7" and ok.tail_ms > 0
     cases = {
         "garbage": (v1.OffloadRequest(model_name=model_name, split_point=point, payload=b"not a tensor"), grpc.StatusCode.INVALID_ARGUMENT),
@@ -172,7 +173,7 @@ def test_edge_in_process_lifecycle(skeleton_bundle, model_name, digits_test, tmp
             coordinator.stop()
             alone = client.infer(model_name, {"image": digits_test.x[:3]})
             assert alone.parameters["fallback"] is True and "Offload" in alone.parameters["fallback_reason"]
-            np.testing.assert_allclose(alone.outputs["logits"], coordinator.coordinator.deployment.run_local(digits_test.x[:3]), atol=1e-4)
+            assert_float_close(alone.outputs["logits"], coordinator.coordinator.deployment.run_local(digits_test.x[:3]), "answered alone")
     finally:
         edge.stop()
         coordinator.stop()

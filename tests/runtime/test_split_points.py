@@ -18,6 +18,7 @@ from coinfer.serving.client import InferenceClient
 from coinfer.server.coordinator import CoordinatorConfig
 from coinfer.server.registry import Decision
 from coinfer.server.serve import start_coordinator
+from quantised import assert_float_close, expected_logits, split_halves
 
 DEADLINE_S = 20.0
 OPTIONS = ServerOptions(listen="127.0.0.1:0", grace_s=0.2)
@@ -68,7 +69,7 @@ def test_every_split_point_answers_like_the_bundle_in_process(pair, split_bundle
         reply = client.infer("digits-split", {"image": images})
         p = reply.parameters
         assert p["split_point"] == point and p["sub_channel"] == 1 and p["power_w"] == pytest.approx(0.2)
-        np.testing.assert_allclose(reply.outputs["logits"], deployment.reference(images, point), rtol=0, atol=1e-4)
+        expected_logits(split_halves(split_bundle, point), images).check(reply.outputs["logits"], f"point {point}")
         if point == deployment.available_points[-1]:
             assert p["offloaded"] is False and p["payload_bytes"] == 0 and "tail_ms" not in p
             continue
@@ -109,7 +110,7 @@ def test_a_device_answers_alone_while_the_coordinator_is_away(split_bundle, digi
             coordinator.stop()
             alone = client.infer("digits-split", {"image": images})
             assert alone.parameters["fallback"] is True and "UNAVAILABLE" in alone.parameters["fallback_reason"]
-            np.testing.assert_allclose(alone.outputs["logits"], local, rtol=0, atol=1e-4)
+            assert_float_close(alone.outputs["logits"], local, "answered alone")
             # Within the hold the device does not try again (no second connection attempt to wait for).
             again = client.infer("digits-split", {"image": images})
             assert again.parameters["fallback"] is True

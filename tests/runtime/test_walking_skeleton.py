@@ -20,6 +20,7 @@ from coinfer.protos import inference_pb2 as pb
 from coinfer.protos.oip import build_infer_request
 from coinfer.serving.client import InferenceClient
 from coinfer.bench.processes import DaemonProcess, coinfer_command
+from quantised import assert_float_close, assert_predictions_agree, expected_logits, float_logits
 
 pytestmark = pytest.mark.slow
 DEADLINE_S = 10.0
@@ -63,7 +64,7 @@ def daemons(skeleton_bundle, model_name, tmp_path_factory):
     assert coordinator_status == 0, coordinator.log_tail()
 
 
-def test_edge_answers_like_the_in_process_model(daemons, skeleton_bundle, model_name, digits_test, reference_logits) -> None:
+def test_edge_answers_like_the_in_process_model(daemons, skeleton_bundle, model_name, digits_test, skeleton_halves) -> None:
     edge_address, _, _ = daemons
     images = digits_test.x[:N_IMAGES]
     with InferenceClient(edge_address, timeout_s=DEADLINE_S) as client:
@@ -73,31 +74,15 @@ def test_edge_answers_like_the_in_process_model(daemons, skeleton_bundle, model_
     logits = batched.outputs["logits"]
     assert batched.id == "batch-1"
     assert logits.dtype == np.float32 and logits.shape == (N_IMAGES, 10)
-    quantised = reference_logits(images, quantised=True)
-    exact = reference_logits(images, quantised=False)
-    assert_same_as_codec_path(logits, quantised, exact)
+    expected_logits(skeleton_halves, images).check(logits, f"a batch of {N_IMAGES}")
     # One scale per tensor: a lone image is quantised with its own range.
-    singles_here = np.concatenate([reference_logits(images[i : i + 1], quantised=True) for i in range(20)])
-    assert_same_as_codec_path(singles, singles_here, exact[:20])
+    for i in range(20):
+        expected_logits(skeleton_halves, images[i : i + 1]).check(singles[i : i + 1], f"image {i} alone")
     # Against the full FP32 model: the same answers.
-    agreement = (logits.argmax(1) == exact.argmax(1)).mean()
-    assert agreement >= 0.98, f"argmax agreement {agreement:.3f}"
+    assert_predictions_agree(logits, float_logits(skeleton_halves, images), 0.98, "8-bit codec against FP32")
     # The payload is the 8-bit feature (1 byte per element + header), not FP32.
     feature_elements = int(np.prod(skeleton_bundle.part("head").outputs[0].shape[1:]))
     assert feature_elements * N_IMAGES < batched.parameters["payload_bytes"] < feature_elements * N_IMAGES + 128
-
-
-def assert_same_as_codec_path(actual: np.ndarray, quantised: np.ndarray, exact: np.ndarray) -> None:
-    """``actual`` is head -> 8-bit codec -> tail, as computed here, and no further from FP32.
-
-    Rows must match the in-process codec path to float precision, except the odd row where a
-    feature value sits on a rounding boundary and float noise (other thread counts) picks the
-    neighbouring code; every row must stay within the codec's own error of the FP32 logits.
-    """
-    same_rows = np.all(np.abs(actual - quantised) <= 1e-4, axis=1).mean()
-    assert same_rows >= 0.9, f"only {same_rows:.0%} of rows match the in-process codec path"
-    quantisation_error = np.abs(quantised - exact).max()
-    assert np.abs(actual - exact).max() <= 2 * quantisation_error + 1e-4
 
 
 def _malformed(model_name: str, images: np.ndarray) -> dict[str, tuple[pb.ModelInferRequest, grpc.StatusCode, str]]:
@@ -151,7 +136,7 @@ _TRITON_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None, reason="needs tritonclient[grpc]")
-def test_a_stock_triton_client_works_unchanged(daemons, model_name, digits_test, reference_logits, tmp_path) -> None:
+def test_a_stock_triton_client_works_unchanged(daemons, model_name, digits_test, skeleton_halves, tmp_path) -> None:
     # Its generated `inference.*` messages clash with ours in one process: run it in its own.
     edge_address, _, _ = daemons
     images = digits_test.x[:8]
@@ -163,12 +148,12 @@ def test_a_stock_triton_client_works_unchanged(daemons, model_name, digits_test,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert_same_as_codec_path(np.load(tmp_path / "out.npy"), reference_logits(images, quantised=True), reference_logits(images, quantised=False))
+    expected_logits(skeleton_halves, images).check(np.load(tmp_path / "out.npy"), "through Triton")
 
 
-def test_the_coordinator_serves_the_whole_model_itself(daemons, model_name, digits_test, reference_logits) -> None:
+def test_the_coordinator_serves_the_whole_model_itself(daemons, model_name, digits_test, skeleton_halves) -> None:
     _, coordinator_address, _ = daemons
     images = digits_test.x[:16]
     with InferenceClient(coordinator_address, timeout_s=DEADLINE_S) as client:
         logits = client.infer(model_name, {"image": images}).outputs["logits"]
-    np.testing.assert_allclose(logits, reference_logits(images, quantised=False), rtol=0, atol=1e-4)
+    assert_float_close(logits, float_logits(skeleton_halves, images), "the coordinator's whole model")

@@ -5,18 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from split_helpers import tiny_config
+from suite_threads import suite_threads
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+def _one_thread(few_threads):
     # These models are tiny: one thread is fastest, and far faster on shared cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +23,6 @@ def split_run(tmp_path_factory) -> tuple[Path, object]:
     from coinfer.server.split.pipeline import run_split
 
     out = tmp_path_factory.mktemp("split") / "bundle"
-    with torch_threads(1):  # session fixtures start before the module-scoped thread setting
+    with torch_threads(suite_threads(1)):  # session fixtures start before the module-scoped thread setting
         report = run_split(tiny_config(), out)
     return out, report

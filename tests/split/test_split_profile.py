@@ -16,6 +16,7 @@ from coinfer.core.profile import load_profile
 from coinfer.core.split_point import DeviceHalf, load_samples
 from coinfer.edge.profiling import ProfileConfig, profile_bundle
 
+from quantised import expected_logits, payload_slack_bytes, split_halves
 from split_helpers import fake_powercap
 
 
@@ -41,8 +42,14 @@ def test_profile_uses_the_shared_schema_and_real_payloads(split_run, tmp_path: P
     assert profile.points[-1].uplink_bits == 0 and profile.points[-1].feature_bits == 0
     for cost in profile.points[1:-1]:
         device = DeviceHalf.from_bundle(bundle, cost.index)
-        sizes = [len(payload) for payload in device(images)]
-        assert cost.uplink_bits == 8 * round(float(np.mean(sizes)))
+        payloads = [device(image[None])[0] for image in images]
+        sizes = [len(payload) for payload in payloads]
+        # The profiler's payloads, unless a feature on a rounding boundary took the other code there.
+        slack = payload_slack_bytes(expected_logits(split_halves(bundle, cost.index), images), payloads[0])
+        if slack:
+            assert abs(cost.uplink_bits / 8 - float(np.mean(sizes))) <= 0.5 + slack / len(sizes)
+        else:
+            assert cost.uplink_bits == 8 * round(float(np.mean(sizes)))
         assert cost.feature_bits == 32 * report.points[cost.index].feature_fp32_bytes // 4
         assert cost.head_macs == report.points[cost.index].head_macs
     for cost, detail in zip(profile.points, profile.extra["points"]):

@@ -22,7 +22,9 @@ import pytest
 from coinfer.bench.processes import DaemonProcess, coinfer_command
 from coinfer.testbed import Testbed
 
-from testbed_helpers import needs_netns, wait_line
+from testbed_helpers import assert_shaped_ms, needs_netns, wait_line
+from quantised import ExpectedLogits, expected_logits, split_halves
+from suite_threads import suite_threads
 
 pytestmark = [needs_netns, pytest.mark.slow]
 
@@ -59,7 +61,7 @@ def bundle(tmp_path_factory):
 
     # Accuracy is irrelevant here: one epoch of the thin skeleton carries the bytes.
     return build_skeleton_bundle(tmp_path_factory.mktemp("tb-skeleton") / "bundle",
-                                 SkeletonConfig(arch="vgg11", width_mult=0.25, epochs=1, threads=1))
+                                 SkeletonConfig(arch="vgg11", width_mult=0.25, epochs=1, threads=suite_threads(1)))
 
 
 @dataclass
@@ -125,18 +127,11 @@ def infer_via(run: Running, device_i: int) -> dict:
     return json.loads(line)
 
 
-def reference_logits(bundle) -> np.ndarray:
-    """head -> the link's codec -> tail, run in this process."""
-    import torch
+def reference_logits(bundle) -> ExpectedLogits:
+    """head -> the link's codec -> tail, run in this process, with what other kernels may change."""
+    from coinfer.core.data import load_dataset
 
-    from coinfer.core.codec import decode, encode
-    from coinfer.core.data import load_dataset, to_float
-
-    images = load_dataset("digits", seed=0).test.x[:N_IMAGES]
-    with torch.inference_mode():
-        feature = bundle.load_module("head")(to_float(images)).numpy()
-        feature = decode(encode(feature, bits=int(bundle.metadata["codec_bits"])))
-        return bundle.load_module("tail")(torch.from_numpy(np.ascontiguousarray(feature))).numpy()
+    return expected_logits(split_halves(bundle), load_dataset("digits", seed=0).test.x[:N_IMAGES])
 
 
 def expected_upload_ms(tb: Testbed, device_i: int, payload_bytes: int) -> float:
@@ -145,20 +140,20 @@ def expected_upload_ms(tb: Testbed, device_i: int, payload_bytes: int) -> float:
 
 
 def assert_follows_rate(measured_ms: list[float], expected_ms: float) -> None:
-    median = statistics.median(measured_ms[1:])
-    # Below: the shaper cannot be beaten. Above: TCP/IP and gRPC framing plus a loaded CPU.
-    assert 0.9 * expected_ms <= median <= 1.3 * expected_ms + 20, (measured_ms, expected_ms)
+    assert_shaped_ms(statistics.median(measured_ms[1:]), expected_ms, floor=0.9)
 
 
 def test_split_requests_cross_the_testbed_at_each_devices_rate(deployment, bundle):
     tb = deployment.tb
     results = [infer_via(deployment, i) for i in range(2)]
     reference = reference_logits(bundle)
-    for result in results:
-        np.testing.assert_allclose(np.array(result["logits"], dtype=np.float32), reference, rtol=0, atol=1e-4)
+    for i, result in enumerate(results):
+        reference.check(np.array(result["logits"], dtype=np.float32), f"through device {i}")
     for i, result in enumerate(results):
         assert_follows_rate(result["upload_ms"], expected_upload_ms(tb, i, result["payload_bytes"]))
-    assert statistics.median(results[0]["upload_ms"][1:]) > 2 * statistics.median(results[1]["upload_ms"][1:])
+    # Each device its own rate (2 against 8 Mbit/s: about 3x the time); the fastest round is the
+    # one least stretched by other work on the machine.
+    assert min(results[0]["upload_ms"][1:]) > 2 * min(results[1]["upload_ms"][1:])
 
     # The scheduler lowers device 1's power: its link slows down at once, daemons untouched.
     rate = tb.set_power(1, 1e-4)

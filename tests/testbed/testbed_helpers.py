@@ -22,6 +22,24 @@ from coinfer.testbed import Testbed, missing_requirements
 PROBE = str(Path(__file__).with_name("netprobe.py"))
 PROBE_WAIT_S = 20.0
 
+SHAPER_BURST = 0.25
+"""How far above its rate a shaped link may measure: HTB's burst on transfers of about 1 s."""
+LOADED = 10.0
+"""How many times its expected time a shaped transfer or delay may take: TCP slow start, framing
+and a loaded machine only add time, so on that side only a gross error (a rate in the wrong
+unit, a delay applied ten times) is caught; the shaper's floor is the strict side."""
+
+
+def assert_shaped_bps(measured_bps: float, rate_bps: float) -> None:
+    """A transfer over a link shaped to ``rate_bps``: no faster than the shaper lets through, at most LOADED x slower."""
+    assert rate_bps / LOADED <= measured_bps <= rate_bps * (1 + SHAPER_BURST), (measured_bps, rate_bps)
+
+
+def assert_shaped_ms(measured_ms: float, expected_ms: float, floor: float = 1 / (1 + SHAPER_BURST)) -> None:
+    """A time set by a shaper or a delay: at least ``floor`` of ``expected_ms``, at most LOADED x it."""
+    assert floor * expected_ms <= measured_ms <= LOADED * expected_ms, (measured_ms, expected_ms)
+
+
 needs_netns = pytest.mark.skipif(bool(missing_requirements()),
                                  reason="the testbed needs root, `ip` and `tc`: " + "; ".join(missing_requirements()))
 
