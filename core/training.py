@@ -1,50 +1,83 @@
-"""Supervised training of a classifier, shared by the teacher, backbone and baseline trainers.
+"""The one training loop of coinfer: the teacher, the split backbones, every DEKD stage and the
+split-point bottlenecks all train through :func:`train_loop`, configured by one :class:`TrainConfig`.
 
-One loop: AdamW with a linear warm-up then cosine decay, label smoothing, a progress bar, the
-validation accuracy after every epoch, and the best epoch's weights kept. Runs under
-DistributedDataParallel when launched by torchrun (gloo on CPU, nccl on GPU): each rank sees its
-shard of every epoch and only rank 0 reports.
+The loop owns what every stage shares: the budget (epochs or optimiser steps), AdamW with a
+linear warm-up then cosine decay (per parameter group, scaled), the order of the samples, the
+device, DistributedDataParallel under torchrun (gloo on CPU, nccl on GPU; each rank takes its
+shard of every epoch), a progress bar, a validation score after every epoch and the best
+epoch's weights kept. A stage supplies what is its own: a loss over a batch of sample indices
+(:class:`Batch`), how it scores the module, and a small config that holds a TrainConfig beside
+its own fields (``DistillConfig``, ``EnsembleConfig``, ``BaselineConfig``, ``BottleneckTrainConfig``).
+
+:func:`train_classifier` is the plain supervised stage on top of it (cross-entropy with label
+smoothing and random shifts), used for teachers and backbones.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, field
-from typing import Callable
-
-import numpy as np
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from coinfer.core.data import DatasetSplits, ImageDataset, to_float
+from coinfer.core.errors import InvalidInput
 from coinfer.core.measure import accuracy, predict
+from coinfer.core.parallel import training_device, world
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass
 class TrainConfig:
-    """How to train a classifier."""
+    """How one stage trains: the budget, the optimiser's schedule, the device."""
 
     epochs: int = 10
-    """Passes over the training split."""
+    """Passes over the stage's training samples (the budget unless ``steps`` is given)."""
+    steps: int | None = None
+    """Optimiser steps; when given, the budget (``epochs`` is then ignored)."""
     batch_size: int = 128
-    """Images per optimiser step (per process under torchrun)."""
+    """Samples per optimiser step (per process under torchrun)."""
     lr: float = 1e-3
-    """Peak learning rate after warm-up."""
+    """Peak learning rate after warm-up (each parameter group may scale it)."""
     weight_decay: float = 0.05
     """AdamW weight decay."""
     warmup_epochs: float = 1.0
-    """Linear warm-up length, in epochs."""
+    """Linear warm-up length, in epochs (at least one step)."""
+    warmup_steps: int | None = None
+    """Linear warm-up length in optimiser steps; when given, replaces ``warmup_epochs``."""
     label_smoothing: float = 0.1
-    """Cross-entropy label smoothing."""
+    """Cross-entropy label smoothing of every stage's label term."""
     augment: bool = True
-    """Random shifts by up to 1/8 of the image size (cheap and label-preserving)."""
+    """Random shifts by up to 1/8 of the image size (cheap and label-preserving); classifier stages."""
     seed: int = 0
-    """Seeds shuffling, augmentation and initialisation order."""
+    """Seeds shuffling, augmentation, initialisation order and any randomness the loss draws."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar and one line per epoch."""
     desc: str = "train"
     """Label of the progress bar."""
     device: str = "cpu"
-    """Where training runs: 'cpu', 'cuda' (or 'cuda:N') or 'auto'; the model ends on the CPU either way."""
+    """Where training runs: 'cpu', 'cuda' (or 'cuda:N') or 'auto'; the module ends on the CPU either way."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            _check_count(self.desc, name, getattr(self, name))
+        for name in ("steps", "warmup_steps"):
+            if getattr(self, name) is not None:
+                _check_count(self.desc, name, getattr(self, name))
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise InvalidInput(f"{self.desc}: lr must be positive, got {self.lr!r}")
+
+
+def with_loop(stage, **changes):
+    """A copy of a stage config (any dataclass holding a ``loop: TrainConfig``) with loop fields changed."""
+    return replace(stage, loop=replace(stage.loop, **changes))
+
+
+def _check_count(desc: str, name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"{desc}: {name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass
@@ -55,41 +88,139 @@ class TrainResult:
     best_epoch: int
     val_accuracy_per_epoch: list[float] = field(default_factory=list)
     train_loss_per_epoch: list[float] = field(default_factory=list)
+    train_loss_per_step: list[float] = field(default_factory=list)
 
 
-def distributed_context(backend: str | None = None):
-    """(rank, world_size) under torchrun, initialising the process group once; (0, 1) otherwise.
+@dataclass
+class Batch:
+    """One optimiser step's share of the samples, as a stage's loss sees it."""
 
-    ``backend`` picks the process group's backend when this call creates it ('gloo' for CPU
-    tensors, 'nccl' for CUDA ones); None keeps the old choice (nccl when a GPU is present).
-    """
-    import torch
-    import torch.distributed as dist
-
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
-    return dist.get_rank(), dist.get_world_size()
+    index: "torch.Tensor"
+    """This process's sample indices (int64, on the CPU)."""
+    step: int
+    """Optimiser step, counted from 0."""
+    generator: "torch.Generator"
+    """This process's generator, for randomness the loss draws (augmentation, device dropout)."""
 
 
-def training_device(name: str = "cpu"):
-    """The ``torch.device`` training runs on for ``name`` (see :func:`coinfer.core.device.resolve_device`).
-
-    Under torchrun a bare 'cuda' (or 'auto' on a GPU machine) becomes ``cuda:LOCAL_RANK`` so
-    each process drives its own GPU; an explicit 'cuda:N' is kept as given.
-    """
-    from coinfer.core.device import resolve_device
-
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    return device
+LossFn = Callable[["nn.Module", Batch], "torch.Tensor"]
+"""loss_fn(train_module, batch) -> scalar loss; the module may be DDP-wrapped."""
 
 
 def cpu_state_dict(model) -> dict:
     """A detached CPU copy of ``model``'s state dict (safe to keep while the model trains on a GPU)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> float:
+    """Linear warm-up to `peak_lr`, then cosine decay to zero."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_loop(
+    module: "nn.Module",
+    num_samples: int,
+    loss_fn: LossFn,
+    config: TrainConfig,
+    evaluate: Callable[["nn.Module"], float] | None = None,
+    param_groups: Sequence[tuple[Sequence["nn.Parameter"], float]] | None = None,
+) -> TrainResult:
+    """Train ``module`` on sample indices 0..num_samples-1 for ``config``'s budget.
+
+    ``loss_fn`` gets the module (DDP-wrapped under torchrun) and a :class:`Batch`; anything it
+    reads must be on the training device. ``evaluate(module)`` scores the plain module (higher is
+    better) after every epoch, and the module is left holding the best epoch's weights; without
+    ``evaluate`` it keeps its final weights. ``param_groups`` pairs parameters with a
+    learning-rate scale (default: every parameter at scale 1). The module trains on
+    ``config.device`` and is left on the CPU, in evaluation mode, also when training fails midway.
+    """
+    if num_samples < 1:
+        raise InvalidInput(f"{config.desc}: no training samples")
+    device = training_device(config.device)
+    module.to(device)
+    try:
+        return _train_on_device(module, num_samples, loss_fn, config, evaluate, param_groups, device)
+    finally:
+        # Callers save, measure and deploy the module on the CPU.
+        module.cpu()
+
+
+def _train_on_device(module, num_samples, loss_fn, config, evaluate, param_groups, device) -> TrainResult:
+    """The body of :func:`train_loop`, with ``module`` already on ``device``."""
+    import torch
+    from torch import nn
+    from tqdm.auto import tqdm
+
+    rank, size = world(device)
+    torch.manual_seed(config.seed)
+    # Shuffling and the loss's randomness draw from CPU generators, so a seed gives the same batches on every device.
+    generator = torch.Generator().manual_seed(config.seed + 1000 * rank)
+    train_module = module
+    if size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        train_module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+    groups = param_groups or [(list(module.parameters()), 1.0)]
+    optimiser = torch.optim.AdamW(
+        [{"params": list(params), "scale": scale} for params, scale in groups],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    # Equal shard sizes: a rank with one batch more than the others would hang DDP.
+    shard = (num_samples - num_samples % size) // size
+    if shard < 1:
+        raise InvalidInput(f"{config.desc}: {num_samples} samples cannot be shared by {size} processes")
+    steps_per_epoch = math.ceil(shard / config.batch_size)
+    total_steps = config.steps or steps_per_epoch * config.epochs
+    warmup_steps = config.warmup_steps or max(1, int(config.warmup_epochs * steps_per_epoch))
+    result = TrainResult(best_val_accuracy=-1.0, best_epoch=-1)
+    best_state = cpu_state_dict(module)
+    show = config.progress and rank == 0
+    bar = tqdm(total=total_steps, desc=config.desc, disable=not show, leave=False)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    step = 0
+    for epoch in range(epochs):
+        module.train()
+        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(config.seed + epoch))
+        order = order[: size * shard][rank::size]
+        losses = []  # kept on the device, read once per epoch: no host sync per step
+        for start in range(0, len(order), config.batch_size):
+            if step == total_steps:
+                break
+            lr = cosine_lr(step, total_steps, warmup_steps, config.lr)
+            for group in optimiser.param_groups:
+                group["lr"] = lr * group["scale"]
+            loss = loss_fn(train_module, Batch(order[start : start + config.batch_size], step, generator))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.detach())
+            step += 1
+            bar.update(1)
+        epoch_losses = torch.stack(losses).double().cpu().tolist() if losses else []
+        result.train_loss_per_step.extend(epoch_losses)
+        result.train_loss_per_epoch.append(sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan"))
+        if evaluate is None:
+            continue
+        module.eval()
+        score = float(evaluate(module))
+        result.val_accuracy_per_epoch.append(score)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{result.train_loss_per_epoch[-1]:.3f}", val=f"{score:.4f}")
+        if show:
+            bar.write(f"{config.desc}: epoch {epoch + 1}/{epochs} loss {result.train_loss_per_epoch[-1]:.4f} val_acc {score:.4f}")
+        if score > result.best_val_accuracy:
+            result.best_val_accuracy, result.best_epoch = score, epoch
+            best_state = cpu_state_dict(module)
+    bar.close()
+    if evaluate is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    return result
+
+
+# The classifier stage ----------------------------------------------------------------------------
 
 
 def random_shift(x, max_shift: int, generator):
@@ -109,14 +240,6 @@ def random_shift(x, max_shift: int, generator):
     return out.gather(3, cols)
 
 
-def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> float:
-    """Linear warm-up to `peak_lr`, then cosine decay to zero."""
-    if step < warmup_steps:
-        return peak_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def train_classifier(
     model,
     splits: DatasetSplits,
@@ -129,76 +252,22 @@ def train_classifier(
     `x` and `y` on the training device (`config.device`), so anything else it uses must be there too.
     The model trains on that device and is left on the CPU holding the best weights, in evaluation mode.
     """
-    device = training_device(config.device)
-    model.to(device)
-    try:
-        return _train_on_device(model, splits, config, loss_fn, device)
-    finally:
-        # Callers save, measure and deploy the model on the CPU, also when training failed midway.
-        model.cpu()
-
-
-def _train_on_device(model, splits: DatasetSplits, config: TrainConfig, loss_fn: Callable | None, device) -> TrainResult:
-    """The body of :func:`train_classifier`, with ``model`` already on ``device``."""
-    import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
-    rank, world = distributed_context("nccl" if device.type == "cuda" else "gloo")
-    torch.manual_seed(config.seed)
-    # Shuffling and augmentation draw from CPU generators, so a seed gives the same batches on every device.
-    generator = torch.Generator().manual_seed(config.seed + 1000 * rank)
     x_train, y_train = splits.train.tensors()
     x_val = to_float(splits.val.x)
-    train_model = model
-    if world > 1:
-        device_ids = [device.index] if device.type == "cuda" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    max_shift = max(1, x_train.shape[-1] // 8) if config.augment else 0
+    device = training_device(config.device)
     if loss_fn is None:
         def loss_fn(m, x, y):
             return F.cross_entropy(m(x), y, label_smoothing=config.label_smoothing)
 
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(x_train) / world / config.batch_size))
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = max(1, int(config.warmup_epochs * steps_per_epoch))
-    max_shift = max(1, x_train.shape[-1] // 8) if config.augment else 0
-    result = TrainResult(best_val_accuracy=-1.0, best_epoch=-1)
-    best_state = cpu_state_dict(model)
-    step = 0
-    bar = tqdm(total=total_steps, desc=config.desc, disable=not config.progress or rank != 0, leave=False)
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(config.seed + epoch))
-        order = order[rank::world]
-        losses = []
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            # Shift on the CPU (where the generator lives), then move the batch.
-            xb = random_shift(x_train[idx], max_shift, generator).to(device)
-            yb = y_train[idx].to(device)
-            for group in optimiser.param_groups:
-                group["lr"] = cosine_lr(step, total_steps, warmup_steps, config.lr)
-            loss = loss_fn(train_model, xb, yb)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            bar.update(1)
-        val_acc = accuracy(predict(model, x_val), splits.val.y)
-        result.val_accuracy_per_epoch.append(val_acc)
-        result.train_loss_per_epoch.append(float(np.mean(losses)) if losses else float("nan"))
-        bar.set_postfix(epoch=epoch + 1, loss=f"{result.train_loss_per_epoch[-1]:.3f}", val_acc=f"{val_acc:.4f}")
-        if rank == 0 and config.progress:
-            bar.write(f"{config.desc}: epoch {epoch + 1}/{config.epochs} loss {result.train_loss_per_epoch[-1]:.4f} val_acc {val_acc:.4f}")
-        if val_acc > result.best_val_accuracy:
-            result.best_val_accuracy, result.best_epoch = val_acc, epoch
-            best_state = cpu_state_dict(model)
-    bar.close()
-    model.load_state_dict(best_state)  # CPU copies; train_classifier moves the model back to the CPU
-    model.eval()
-    return result
+    def batch_loss(module, batch: Batch):
+        # Shift on the CPU (where the generator lives), then move the batch.
+        xb = random_shift(x_train[batch.index], max_shift, batch.generator).to(device)
+        return loss_fn(module, xb, y_train[batch.index].to(device))
+
+    return train_loop(model, len(x_train), batch_loss, config, evaluate=lambda m: accuracy(predict(m, x_val), splits.val.y))
 
 
 def evaluate(model, split: ImageDataset) -> float:

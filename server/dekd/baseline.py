@@ -22,9 +22,8 @@ from torch import nn
 from coinfer.core.errors import InvalidInput
 from coinfer.core.measure import accuracy, predict
 from coinfer.core.models.vit import ViTConfig
-from coinfer.core.training import TrainResult
+from coinfer.core.training import Batch, TrainConfig, TrainResult, train_loop
 from coinfer.server.dekd.distill import kd_loss
-from coinfer.server.dekd.loop import LoopConfig, train_indexed
 from coinfer.server.dekd.prune import PrunePlan, UnitImportance, architecture_cost, plan_cost, plan_pruning
 
 
@@ -32,16 +31,14 @@ from coinfer.server.dekd.prune import PrunePlan, UnitImportance, architecture_co
 class BaselineConfig:
     """Schedule and loss of the single-student baseline."""
 
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=6, lr=1e-3, desc="single student"))
-    """Epochs (the presets give it the ensemble's training compute), batch size, learning rate."""
+    loop: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=1e-3, warmup_epochs=0.3, desc="single student"))
+    """Budget (the presets give it the ensemble's training compute), batch size, learning rate, label smoothing."""
     init: Literal["scratch", "pruned"] = "scratch"
     """A fresh dense compact ViT, or the teacher pruned to the budget."""
     alpha: float = 0.5
     """Weight a of the KD term; CE gets 1 - a."""
     kd_temperature: float = 1.0
     """Softmax temperature of the KD term."""
-    label_smoothing: float = 0.1
-    """Cross-entropy label smoothing."""
 
     def __post_init__(self) -> None:
         if self.init not in ("scratch", "pruned"):
@@ -97,12 +94,13 @@ def train_single_student(
     """Vanilla KD on the full training set."""
     a = config.alpha
 
-    def loss_fn(module: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss_fn(module: nn.Module, batch: Batch) -> torch.Tensor:
+        idx = batch.index
         logits = module(x_train[idx])
-        loss = (1 - a) * F.cross_entropy(logits, y_train[idx], label_smoothing=config.label_smoothing)
+        loss = (1 - a) * F.cross_entropy(logits, y_train[idx], label_smoothing=config.loop.label_smoothing)
         return loss + a * kd_loss(logits, teacher_logits[idx], config.kd_temperature)
 
     def evaluate(module: nn.Module) -> float:
         return accuracy(predict(module, x_val), y_val.numpy()) if len(x_val) else 0.0
 
-    return train_indexed(student, len(x_train), loss_fn, evaluate, config.loop)
+    return train_loop(student, len(x_train), loss_fn, config.loop, evaluate)

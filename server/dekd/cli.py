@@ -118,7 +118,7 @@ def _teacher_train(args: argparse.Namespace) -> int:
     from coinfer.core.device import resolve_device
     from coinfer.core.errors import InvalidInput
     from coinfer.core.training import TrainConfig, evaluate
-    from coinfer.server.dekd.parallel import is_main, world
+    from coinfer.core.parallel import is_main, world
     from coinfer.server.dekd.teacher import save_teacher, teacher_config, train_teacher
 
     # First of all: cuda asked for on a machine without a GPU fails before anything is read or written.
@@ -197,7 +197,7 @@ def _decompose(args: argparse.Namespace) -> int:
     from coinfer.core.errors import InvalidInput
     from coinfer.core.training import TrainConfig
     from coinfer.server.dekd.config import preset
-    from coinfer.server.dekd.parallel import is_main, world
+    from coinfer.core.parallel import is_main, world
     from coinfer.server.dekd.partition import check_group_count
     from coinfer.server.dekd.pipeline import decompose, validate
     from coinfer.server.dekd.speeds import parse_device_speeds

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from coinfer.core.errors import InvalidInput
+from coinfer.core.training import TrainConfig
 from coinfer.server.dekd.baseline import BaselineConfig
 from coinfer.server.dekd.distill import DistillConfig
 from coinfer.server.dekd.ensemble import EnsembleConfig
-from coinfer.server.dekd.loop import LoopConfig
 from coinfer.server.dekd.partition import PARTITION_METHODS
 
 
@@ -82,9 +82,9 @@ def _loops(distill: int, ensemble: int, baseline: int, progress: bool, batch: in
     # DeViT's fine-tuning rates; the ensemble starts from a closed-form fusion and refines.
     common = dict(batch_size=batch, warmup_epochs=0.3, seed=seed, progress=progress)
     return (
-        LoopConfig(epochs=distill, lr=3e-3, desc="distill", **common),
-        LoopConfig(epochs=ensemble, lr=1e-3, desc="ensemble", **common),
-        LoopConfig(epochs=baseline, lr=2e-3, desc="single student", **common),
+        TrainConfig(epochs=distill, lr=3e-3, desc="distill", **common),
+        TrainConfig(epochs=ensemble, lr=1e-3, desc="ensemble", **common),
+        TrainConfig(epochs=baseline, lr=2e-3, desc="single student", **common),
     )
 
 

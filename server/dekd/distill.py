@@ -20,8 +20,7 @@ from torch import nn
 from coinfer.core.errors import InvalidInput
 from coinfer.core.measure import accuracy, predict
 from coinfer.core.models.vit import VisionTransformer
-from coinfer.core.training import TrainResult
-from coinfer.server.dekd.loop import LoopConfig, train_indexed
+from coinfer.core.training import Batch, TrainConfig, TrainResult, train_loop
 from coinfer.server.dekd.targets import TeacherTargets, token_relation
 
 
@@ -29,8 +28,8 @@ from coinfer.server.dekd.targets import TeacherTargets, token_relation
 class DistillConfig:
     """Loss weights and schedule of sub-task distillation."""
 
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=3, lr=1e-3, desc="distill"))
-    """Epochs, batch size, learning rate and warm-up."""
+    loop: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-3, warmup_epochs=0.3, desc="distill"))
+    """Budget, batch size, learning rate, warm-up and label smoothing (DeViT: 0.1)."""
     alpha: float = 0.5
     """Weight a of the KD term; CE gets 1 - a (DeViT: 0.5)."""
     gamma_q: float = 0.2
@@ -41,8 +40,6 @@ class DistillConfig:
     """Weight of the value-relation loss (DeViT: 0.3)."""
     kd_temperature: float = 1.0
     """Softmax temperature of the KD term (the loss is scaled by its square)."""
-    label_smoothing: float = 0.1
-    """Cross-entropy label smoothing (DeViT: 0.1)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -120,10 +117,11 @@ def distill_submodel(
     a = config.alpha
     gammas = (config.gamma_q, config.gamma_k, config.gamma_v)
 
-    def loss_fn(module: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss_fn(module: nn.Module, batch: Batch) -> torch.Tensor:
+        idx = batch.index
         logits, q, k, v = module(x_train[idx])
         rel = targets.relations[idx]
-        loss = (1 - a) * F.cross_entropy(logits, y_train[idx], label_smoothing=config.label_smoothing)
+        loss = (1 - a) * F.cross_entropy(logits, y_train[idx], label_smoothing=config.loop.label_smoothing)
         loss = loss + a * kd_loss(logits, targets.logits[idx], config.kd_temperature)
         for g, x, r in zip(gammas, (q, k, v), rel.unbind(dim=1)):
             if g:
@@ -133,7 +131,7 @@ def distill_submodel(
     def evaluate(module: nn.Module) -> float:
         return accuracy(predict(module.student, x_val), y_val.numpy()) if len(x_val) else 0.0
 
-    return train_indexed(wrapper, len(x_train), loss_fn, evaluate, config.loop)
+    return train_loop(wrapper, len(x_train), loss_fn, config.loop, evaluate)
 
 
 def group_rows(labels: torch.Tensor, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

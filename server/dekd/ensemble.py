@@ -20,10 +20,9 @@ from torch import nn
 from coinfer.core.errors import InvalidInput
 from coinfer.core.measure import accuracy
 from coinfer.core.models.vit import VisionTransformer
-from coinfer.core.training import TrainResult
+from coinfer.core.training import Batch, TrainConfig, TrainResult, train_loop
 from coinfer.server.dekd.distill import kd_loss
 from coinfer.core.models.fusion import DeViTFusion
-from coinfer.server.dekd.loop import LoopConfig, train_indexed
 from coinfer.server.dekd.targets import TeacherTargets
 
 
@@ -31,8 +30,8 @@ from coinfer.server.dekd.targets import TeacherTargets
 class EnsembleConfig:
     """Loss weights, device dropout and schedule of ensemble training."""
 
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=3, lr=1e-3, desc="ensemble"))
-    """Epochs, batch size, learning rate (of the fusion head) and warm-up."""
+    loop: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-3, warmup_epochs=0.3, desc="ensemble"))
+    """Budget, batch size, learning rate (of the fusion head), warm-up and label smoothing."""
     backbone_lr_scale: float = 0.3
     """Learning rate of the sub-model backbones relative to the fusion head's."""
     alpha: float = 0.5
@@ -41,8 +40,6 @@ class EnsembleConfig:
     """Weight of MSE(h, teacher CLS token)."""
     kd_temperature: float = 1.0
     """Softmax temperature of the KD term."""
-    label_smoothing: float = 0.1
-    """Cross-entropy label smoothing."""
     device_dropout: float = 0.2
     """Probability that a device's feature is marked missing for a training image (0 disables)."""
 
@@ -191,10 +188,11 @@ def train_ensemble(
     a = config.alpha
     n = ensemble.num_devices
 
-    def loss_fn(module: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        present = sample_presence(len(idx), n, config.device_dropout, generator)
+    def loss_fn(module: nn.Module, batch: Batch) -> torch.Tensor:
+        idx = batch.index
+        present = sample_presence(len(idx), n, config.device_dropout, batch.generator)
         h, logits = module(x_train[idx], present)
-        loss = (1 - a) * F.cross_entropy(logits, y_train[idx], label_smoothing=config.label_smoothing)
+        loss = (1 - a) * F.cross_entropy(logits, y_train[idx], label_smoothing=config.loop.label_smoothing)
         loss = loss + a * kd_loss(logits, targets.logits[idx], config.kd_temperature)
         if config.mse_weight:
             loss = loss + config.mse_weight * F.mse_loss(h, targets.cls[idx])
@@ -207,4 +205,4 @@ def train_ensemble(
         (list(ensemble.fusion.parameters()), 1.0),
         (list(ensemble.submodels.parameters()), config.backbone_lr_scale),
     ]
-    return train_indexed(wrapper, len(x_train), loss_fn, evaluate, config.loop, param_groups=groups)
+    return train_loop(wrapper, len(x_train), loss_fn, config.loop, evaluate, param_groups=groups)

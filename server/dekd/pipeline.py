@@ -1,12 +1,18 @@
 """DEKD end to end: teacher + data in, deployable DeViT bundle and report out.
 
-1. Class partition (affinity or random), groups given to devices (larger groups to faster ones).
-2. Per group: rank the teacher's units on the group's images; size every device's budget
-   (latency-balanced for heterogeneous speeds); prune.
-3. Sub-task distillation of each sub-model on its group.
-4. Ensemble training of sub-models + fusion on all data, with device dropout.
-5. The single-student baseline at the ensemble's total parameters.
-6. Test accuracies (all devices, each device missing), interleaved latency measurement, bundle.
+:func:`decompose` reads as its stages, one function each:
+
+1. partition (:func:`_choose_partition`): classes into groups (affinity or random), larger groups
+   to faster devices;
+2. teacher targets (:func:`_teacher_targets`): the teacher's outputs on every training image;
+3. prune and size (:func:`_prune_and_size`): per group, rank the teacher's units on the group's
+   images, size every device's budget (latency-balanced for heterogeneous speeds), prune;
+4. distill (:func:`_distill`): sub-task distillation of each sub-model on its group;
+5. ensemble (:func:`_train_ensemble`): sub-models + fusion on all data, with device dropout;
+6. baseline (:func:`_train_baseline`): the single student at the ensemble's total parameters;
+7. evaluate (:func:`_evaluate`): test accuracies (all devices, each device missing) and
+   interleaved latencies;
+8. report (:func:`_report`) and artifact (:func:`_write_artifact`): report.json inside the bundle.
 
 Under torchrun every rank trains its shard; rank 0 makes the decisions that must agree
 (partition, plans; broadcast as tensors), measures, and writes the bundle. Bad input is
@@ -18,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -30,6 +36,7 @@ from coinfer.core.data import DatasetSplits
 from coinfer.core.errors import InvalidInput
 from coinfer.core.measure import accuracy, predict
 from coinfer.core.models.vit import VisionTransformer
+from coinfer.core.training import with_loop
 from coinfer.server.dekd import partition as part
 from coinfer.server.dekd.artifact import write_devit_bundle
 from coinfer.server.dekd.baseline import compact_vit_config, single_student_plan, train_single_student
@@ -44,7 +51,7 @@ from coinfer.server.dekd.ensemble import (
 )
 from coinfer.core.models.fusion import DeViTFusion, FusionConfig
 from coinfer.server.dekd.latency import bound, measure_interleaved
-from coinfer.server.dekd.parallel import broadcast_, is_main
+from coinfer.core.parallel import broadcast_, is_main
 from coinfer.server.dekd.prune import PrunePlan, build_pruned_vit, unit_importance
 from coinfer.server.dekd.report import DEKDReport, DeviceFigures, EnsembleFigures, StudentFigures, TeacherFigures
 from coinfer.server.dekd.sizing import DeviceBudget, size_submodels
@@ -152,6 +159,33 @@ def training_targets(teacher: VisionTransformer, splits: DatasetSplits, config: 
     )
 
 
+@dataclass
+class _Data:
+    """The splits as float tensors, made once and read by every stage."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @classmethod
+    def of(cls, splits: DatasetSplits) -> "_Data":
+        return cls(*splits.train.tensors(), *splits.val.tensors(), *splits.test.tensors())
+
+
+@dataclass
+class _Measured:
+    """What the evaluation stage measured on rank 0."""
+
+    teacher_accuracy: float
+    ensemble_accuracy: float
+    missing_one: list[float]
+    student_accuracy: float | None
+    latency_ms: dict[str, float]
+
+
 def decompose(
     teacher: VisionTransformer,
     splits: DatasetSplits,
@@ -170,96 +204,140 @@ def decompose(
     torch.manual_seed(config.seed)
     teacher.eval()
     clock = _Clock()
-    N, K = config.num_devices, splits.num_classes
-    speeds = config.speeds()
-    x_train, y_train = splits.train.tensors()
-    x_val, y_val = splits.val.tensors()
-    x_test, y_test = splits.test.tensors()
+    data = _Data.of(splits)
 
     groups, within = _choose_partition(teacher, splits, config, clock)
+    targets = _teacher_targets(teacher, splits, config, targets, clock)
+    students = _prune_and_size(teacher, data, groups, config, clock)
+    group_acc = _distill(teacher, data, groups, students, targets, config, clock)
+    ensemble = _train_ensemble(teacher, data, students, targets, config, clock)
+    student = _train_baseline(teacher, data, ensemble, targets, config, clock)
+    if not is_main():
+        return None
+    measured = _evaluate(teacher, ensemble, student, data, config, clock)
+    report = _report(teacher, splits, data, config, groups, within, ensemble, student, group_acc, measured, clock)
+    if out is not None:
+        _write_artifact(out, splits, config, ensemble, groups, report, metadata, overwrite)
+    return report
+
+
+def _teacher_targets(teacher, splits, config, targets: TeacherTargets | None, clock: _Clock) -> TeacherTargets:
+    """The teacher's outputs on every training image: computed here, or checked when given."""
     with clock.stage("teacher targets"):
         if targets is None:
-            targets = training_targets(teacher, splits, config)
-        elif len(targets.logits) != len(x_train):
-            raise InvalidInput(f"{len(targets.logits)} rows of teacher targets for {len(x_train)} training images")
-        per_group_relations = targets.relations is None
+            return training_targets(teacher, splits, config)
+        if len(targets.logits) != len(splits.train):
+            raise InvalidInput(f"{len(targets.logits)} rows of teacher targets for {len(splits.train)} training images")
+        return targets
 
-    # Importance and sizing: rank 0 decides, the plans are broadcast.
-    rows = [group_rows(y_train, g) for g in groups]
-    importances = []
+
+def _prune_and_size(teacher, data: _Data, groups: list[list[int]], config, clock: _Clock) -> list[VisionTransformer]:
+    """Each group's pruned sub-model: rank 0 ranks the teacher's units on the group's images and
+    sizes every device's budget; the plans are broadcast."""
+    rows = [group_rows(data.y_train, g) for g in groups]
     budgets: list[DeviceBudget] | None = None
     with clock.stage("prune"):
         if is_main():
             pick = torch.Generator().manual_seed(config.seed)
+            importances = []
             for g, (idx, local) in zip(groups, rows):
                 sample = torch.randperm(len(idx), generator=pick)[: config.importance_samples]
-                importances.append(unit_importance(teacher, x_train[idx[sample]], local[sample], classes=g))
-            budgets = size_submodels(teacher.config, importances, speeds, config.macs_ratio)
-        plans = [_broadcast_plan(budgets[i].plan if budgets else None, teacher) for i in range(N)]
-        students = [build_pruned_vit(teacher, plans[i], classes=groups[i]) for i in range(N)]
+                importances.append(unit_importance(teacher, data.x_train[idx[sample]], local[sample], classes=g))
+            budgets = size_submodels(teacher.config, importances, config.speeds(), config.macs_ratio)
+        plans = [_broadcast_plan(budgets[i].plan if budgets else None, teacher) for i in range(len(groups))]
+        return [build_pruned_vit(teacher, plan, classes=g) for plan, g in zip(plans, groups)]
 
+
+def _distill(teacher, data: _Data, groups, students, targets: TeacherTargets, config, clock: _Clock) -> list[float]:
+    """Sub-task distillation of every sub-model on its group; returns each one's test accuracy on its classes."""
     group_acc = []
     with clock.stage("distill"):
-        for i, (g, (idx, local)) in enumerate(zip(groups, rows)):
+        for i, (g, student) in enumerate(zip(groups, students)):
+            idx, local = group_rows(data.y_train, g)
             group_targets = targets.rows(idx)
-            if per_group_relations:
+            if targets.relations is None:  # too many images to cache them all: this group's only
                 group_targets.relations = compute_targets(
-                    teacher, x_train[idx], with_relations=True, batch_size=config.target_batch_size
+                    teacher, data.x_train[idx], with_relations=True, batch_size=config.target_batch_size
                 ).relations
             group_targets.logits = group_targets.logits[:, g]
-            vi, vl = group_rows(y_val, g)
-            stage = replace(config.distill, loop=replace(config.distill.loop, desc=f"distill device {i}"))
-            distill_submodel(students[i], x_train[idx], local, group_targets, x_val[vi], vl, stage)
-            ti, tl = group_rows(y_test, g)
-            group_acc.append(accuracy(predict(students[i], x_test[ti]), tl.numpy()))
+            vi, vl = group_rows(data.y_val, g)
+            stage = with_loop(config.distill, desc=f"distill device {i}")
+            distill_submodel(student, data.x_train[idx], local, group_targets, data.x_val[vi], vl, stage)
+            ti, tl = group_rows(data.y_test, g)
+            group_acc.append(accuracy(predict(student, data.x_test[ti]), tl.numpy()))
+    return group_acc
 
+
+def _train_ensemble(teacher, data: _Data, students, targets: TeacherTargets, config, clock: _Clock) -> DeViTEnsemble:
+    """The head-less sub-models and a fusion head (started in closed form from the teacher), trained together."""
     submodels = [strip_head(s) for s in students]
     torch.manual_seed(config.seed)
-    fusion = DeViTFusion(FusionConfig(tuple(m.config.embed_dim for m in submodels), teacher.config.embed_dim, K))
+    widths = tuple(m.config.embed_dim for m in submodels)
+    fusion = DeViTFusion(FusionConfig(widths, teacher.config.embed_dim, teacher.config.num_classes))
     ensemble = DeViTEnsemble(submodels, fusion)
     with clock.stage("ensemble"):
         if config.fusion_init_samples > 0:
-            sample = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(config.seed))
+            sample = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(config.seed))
             sample = sample[: config.fusion_init_samples]
-            init_fusion_from_teacher(ensemble, x_train[sample], targets.cls[sample], teacher)
-        train_ensemble(ensemble, x_train, y_train, targets, x_val, y_val, config.ensemble)
+            init_fusion_from_teacher(ensemble, data.x_train[sample], targets.cls[sample], teacher)
+        train_ensemble(ensemble, data.x_train, data.y_train, targets, data.x_val, data.y_val, config.ensemble)
+    return ensemble
 
-    ensemble_params = sum(m.num_params() for m in submodels) + fusion.num_params()
-    student = None
-    if config.baseline is not None:
-        with clock.stage("single student"):
-            if config.baseline.init == "scratch":
-                torch.manual_seed(config.seed)
-                student = VisionTransformer(compact_vit_config(teacher.config, ensemble_params))
-            else:
-                plan = None
-                if is_main():
-                    sample = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(config.seed))
-                    sample = sample[: config.importance_samples]
-                    imp_all = unit_importance(teacher, x_train[sample], y_train[sample])
-                    plan = single_student_plan(teacher.config, imp_all, ensemble_params)
-                student = build_pruned_vit(teacher, _broadcast_plan(plan, teacher))
-            train_single_student(student, x_train, y_train, targets.logits, x_val, y_val, config.baseline)
 
-    if not is_main():
+def _train_baseline(teacher, data: _Data, ensemble: DeViTEnsemble, targets, config, clock: _Clock):
+    """The single student at the ensemble's parameters (None when the config skips it)."""
+    if config.baseline is None:
         return None
+    params = ensemble_params(ensemble)
+    with clock.stage("single student"):
+        if config.baseline.init == "scratch":
+            torch.manual_seed(config.seed)
+            student = VisionTransformer(compact_vit_config(teacher.config, params))
+        else:
+            plan = None
+            if is_main():
+                sample = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(config.seed))
+                sample = sample[: config.importance_samples]
+                importance = unit_importance(teacher, data.x_train[sample], data.y_train[sample])
+                plan = single_student_plan(teacher.config, importance, params)
+            student = build_pruned_vit(teacher, _broadcast_plan(plan, teacher))
+        train_single_student(student, data.x_train, data.y_train, targets.logits, data.x_val, data.y_val, config.baseline)
+    return student
+
+
+def ensemble_params(ensemble: DeViTEnsemble) -> int:
+    """Parameters of every sub-model plus the fusion head."""
+    return sum(m.num_params() for m in ensemble.submodels) + ensemble.fusion.num_params()
+
+
+def _evaluate(teacher, ensemble: DeViTEnsemble, student, data: _Data, config, clock: _Clock) -> _Measured:
+    """Test accuracies (all devices, each device missing) and interleaved batch-1 latencies."""
+    N = ensemble.num_devices
     with clock.stage("evaluate"):
-        teacher_acc = accuracy(predict(teacher, x_test), y_test.numpy())
-        ens_acc = ensemble_accuracy(ensemble, x_test, y_test)
-        missing_one = [ensemble_accuracy(ensemble, x_test, y_test, missing=[i]) for i in range(N)]
-        student_acc = accuracy(predict(student, x_test), y_test.numpy()) if student is not None else None
+        teacher_acc = accuracy(predict(teacher, data.x_test), data.y_test.numpy())
+        ens_acc = ensemble_accuracy(ensemble, data.x_test, data.y_test)
+        missing_one = [ensemble_accuracy(ensemble, data.x_test, data.y_test, missing=[i]) for i in range(N)]
+        student_acc = accuracy(predict(student, data.x_test), data.y_test.numpy()) if student is not None else None
     with clock.stage("latency"):
-        x1 = x_test[:1]
+        x1 = data.x_test[:1]
         feats = ensemble.features(x1).detach()
         present = torch.ones(1, N, dtype=torch.bool)
-        fns = {"teacher": bound(teacher, x1), "fusion": bound(fusion, feats, present)}
-        fns.update({f"device-{i}": bound(m, x1) for i, m in enumerate(submodels)})
+        fns = {"teacher": bound(teacher, x1), "fusion": bound(ensemble.fusion, feats, present)}
+        fns.update({f"device-{i}": bound(m, x1) for i, m in enumerate(ensemble.submodels)})
         if student is not None:
             fns["single student"] = bound(student, x1)
-        lat = measure_interleaved(fns, rounds=config.latency_rounds, repeats=config.latency_repeats)
+        latency = measure_interleaved(fns, rounds=config.latency_rounds, repeats=config.latency_repeats)
+    return _Measured(teacher_acc, ens_acc, missing_one, student_acc, latency)
 
+
+def _report(teacher, splits, data: _Data, config, groups, within, ensemble, student, group_acc, measured: _Measured,
+            clock: _Clock) -> DEKDReport:
+    """The figures of the run (report.json)."""
+    lat = measured.latency_ms
+    speeds = config.speeds()
+    x1 = data.x_test[:1]
     devices = []
-    for i, m in enumerate(submodels):
+    for i, m in enumerate(ensemble.submodels):
         feature = m(x1).detach().numpy()
         devices.append(
             DeviceFigures(
@@ -279,41 +357,44 @@ def decompose(
         )
     scaled = [d.scaled_latency_ms for d in devices]
     ens_latency = max(scaled) + lat["fusion"]
-    report = DEKDReport(
+    return DEKDReport(
         dataset=splits.name,
-        num_classes=K,
-        devices=N,
+        num_classes=splits.num_classes,
+        devices=ensemble.num_devices,
         partition=groups,
         partition_method=config.partition,
         class_names=list(splits.class_names),
-        teacher=TeacherFigures(teacher_acc, teacher.num_params(), teacher.macs(), lat["teacher"]),
+        teacher=TeacherFigures(measured.teacher_accuracy, teacher.num_params(), teacher.macs(), lat["teacher"]),
         ensemble=EnsembleFigures(
-            accuracy=ens_acc,
-            accuracy_missing_one=missing_one,
+            accuracy=measured.ensemble_accuracy,
+            accuracy_missing_one=measured.missing_one,
             latency_ms=ens_latency,
             fusion_latency_ms=lat["fusion"],
-            params=ensemble_params,
+            params=ensemble_params(ensemble),
             latency_balance=max(scaled) / min(scaled),
             devices=devices,
         ),
         single_student=None
         if student is None
-        else StudentFigures(student_acc, student.num_params(), student.macs(), lat["single student"], config.baseline.init),
+        else StudentFigures(measured.student_accuracy, student.num_params(), student.macs(), lat["single student"],
+                            config.baseline.init),
         speedup=lat["teacher"] / ens_latency,
         within_group_affinity=within,
         stage_seconds=clock.seconds,
         config=config.to_dict(),
     )
-    if out is not None:
-        meta = {
-            **dict(metadata or {}),
-            "devit": {
-                "dataset": splits.name,
-                "class_names": list(splits.class_names),
-                "image_shape": list(splits.image_shape),
-                "device_speeds": speeds,
-                "teacher": asdict(report.teacher),
-            },
-        }
-        write_devit_bundle(out, submodels, fusion, groups, meta, report.to_json(), overwrite=overwrite)
-    return report
+
+
+def _write_artifact(out: Path, splits, config, ensemble: DeViTEnsemble, groups, report: DEKDReport, metadata, overwrite: bool) -> None:
+    """The deployable DeViT bundle with the report inside, written atomically."""
+    meta = {
+        **dict(metadata or {}),
+        "devit": {
+            "dataset": splits.name,
+            "class_names": list(splits.class_names),
+            "image_shape": list(splits.image_shape),
+            "device_speeds": config.speeds(),
+            "teacher": asdict(report.teacher),
+        },
+    }
+    write_devit_bundle(out, list(ensemble.submodels), ensemble.fusion, groups, meta, report.to_json(), overwrite=overwrite)

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from coinfer.core.models.vit import VisionTransformer
-from coinfer.server.dekd.parallel import gather_rows, shard_range, world
+from coinfer.core.parallel import gather_rows, shard_range, world
 
 
 @dataclass

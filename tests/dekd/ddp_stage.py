@@ -14,8 +14,8 @@ from coinfer.core.data import load_dataset
 from coinfer.core.measure import accuracy, predict
 from coinfer.core.models.vit import VisionTransformer, ViTConfig
 from coinfer.server.dekd.distill import DistillConfig, distill_submodel, group_rows
-from coinfer.server.dekd.loop import LoopConfig
-from coinfer.server.dekd.parallel import world
+from coinfer.core.training import TrainConfig
+from coinfer.core.parallel import world
 from coinfer.server.dekd.prune import PrunePlan, build_pruned_vit
 from coinfer.server.dekd.targets import compute_targets
 
@@ -45,7 +45,7 @@ def main(out: Path) -> None:
     before = accuracy(predict(student, xv[vidx]), vlocal.numpy())
     result = distill_submodel(
         student, x[idx], local, targets, xv[vidx], vlocal,
-        DistillConfig(loop=LoopConfig(epochs=3, batch_size=32, lr=3e-3, progress=False)),
+        DistillConfig(loop=TrainConfig(epochs=3, batch_size=32, lr=3e-3, warmup_epochs=0.3, progress=False)),
     )
     checksum = float(sum(p.double().sum() for p in student.parameters()))
     (out / f"rank{rank}.json").write_text(json.dumps({
