@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -36,7 +36,9 @@ from coinfer.core.data import DatasetSplits
 from coinfer.core.errors import InvalidInput
 from coinfer.core.measure import accuracy, predict
 from coinfer.core.models.vit import VisionTransformer
-from coinfer.core.training import with_loop
+from coinfer.core.device import model_device
+from coinfer.core.parallel import broadcast_, is_main, training_device, world
+from coinfer.core.training import plan_steps, train_classifier, with_loop
 from coinfer.server.dekd import partition as part
 from coinfer.server.dekd.artifact import write_devit_bundle
 from coinfer.server.dekd.baseline import compact_vit_config, single_student_plan, train_single_student
@@ -51,11 +53,18 @@ from coinfer.server.dekd.ensemble import (
 )
 from coinfer.core.models.fusion import DeViTFusion, FusionConfig
 from coinfer.server.dekd.latency import bound, measure_interleaved
-from coinfer.core.parallel import broadcast_, is_main
 from coinfer.server.dekd.prune import PrunePlan, build_pruned_vit, unit_importance
-from coinfer.server.dekd.report import DEKDReport, DeviceFigures, EnsembleFigures, StudentFigures, TeacherFigures
+from coinfer.server.dekd.recipes import REFERENCE_CNN
+from coinfer.server.dekd.report import (
+    DEKDReport,
+    DeviceFigures,
+    EnsembleFigures,
+    ReferenceFigures,
+    StudentFigures,
+    TeacherFigures,
+)
 from coinfer.server.dekd.sizing import DeviceBudget, size_submodels
-from coinfer.server.dekd.targets import TeacherTargets, compute_targets
+from coinfer.server.dekd.targets import TeacherSignal, TeacherTargets, compute_targets
 from coinfer.server.dekd.teacher import check_compatible
 
 log = logging.getLogger(__name__)
@@ -76,6 +85,13 @@ def validate(teacher: VisionTransformer, splits: DatasetSplits, config: Decompos
         missing = sorted(set(range(splits.num_classes)) - set(np.unique(split.y).tolist()))
         if missing:
             raise InvalidInput(f"the {name} split has no images of class(es) {missing}")
+    training_device(config.device)  # cuda without a GPU fails here, before anything runs
+    # Every budget must fit one epoch of the data; a group is smaller, so it gets more epochs.
+    for loop in (config.distill.loop, config.ensemble.loop, config.reference):
+        if loop is not None:
+            plan_steps(loop, len(splits.train), whole_epoch=True)
+    if config.baseline is not None and not config.baseline.equal_compute:
+        plan_steps(config.baseline.loop, len(splits.train), whole_epoch=True)
 
 
 class _Clock:
@@ -161,7 +177,8 @@ def training_targets(teacher: VisionTransformer, splits: DatasetSplits, config: 
 
 @dataclass
 class _Data:
-    """The splits as float tensors, made once and read by every stage."""
+    """The splits as float tensors, made once and read by every stage: the training and validation
+    images on the training device, the test images on the CPU (where evaluation and latency run)."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -171,8 +188,21 @@ class _Data:
     y_test: torch.Tensor
 
     @classmethod
-    def of(cls, splits: DatasetSplits) -> "_Data":
-        return cls(*splits.train.tensors(), *splits.val.tensors(), *splits.test.tensors())
+    def of(cls, splits: DatasetSplits, device: torch.device) -> "_Data":
+        x_train, y_train = (t.to(device) for t in splits.train.tensors())
+        x_val, y_val = splits.val.tensors()
+        return cls(x_train, y_train, x_val.to(device), y_val, *splits.test.tensors())
+
+
+@dataclass
+class _Trained:
+    """What the training stages produced (on the CPU)."""
+
+    ensemble: DeViTEnsemble
+    student: VisionTransformer | None
+    reference: Any
+    group_accuracy: list[float]
+    recipes: dict[str, Any]
 
 
 @dataclass
@@ -183,6 +213,7 @@ class _Measured:
     ensemble_accuracy: float
     missing_one: list[float]
     student_accuracy: float | None
+    reference_accuracy: float | None
     latency_ms: dict[str, float]
 
 
@@ -198,34 +229,60 @@ def decompose(
     """Run the pipeline; on rank 0 return the report (and write the bundle when ``out`` is given).
 
     ``targets`` reuses :func:`training_targets` of the same teacher and data (several runs).
+    Training runs on ``config.device``; the teacher is back where it was afterwards.
     """
     out = Path(out) if out is not None else None
     validate(teacher, splits, config, out, overwrite)
+    device = training_device(config.device)
+    config = _stages_on(config, str(device))
     torch.manual_seed(config.seed)
     teacher.eval()
     clock = _Clock()
-    data = _Data.of(splits)
-
-    groups, within = _choose_partition(teacher, splits, config, clock)
-    targets = _teacher_targets(teacher, splits, config, targets, clock)
-    students = _prune_and_size(teacher, data, groups, config, clock)
-    group_acc = _distill(teacher, data, groups, students, targets, config, clock)
-    ensemble = _train_ensemble(teacher, data, students, targets, config, clock)
-    student = _train_baseline(teacher, data, ensemble, targets, config, clock)
+    data = _Data.of(splits, device)
+    home = model_device(teacher)
+    teacher.to(device)
+    try:
+        groups, within = _choose_partition(teacher, splits, config, clock)
+        targets = _teacher_targets(teacher, splits, config, targets, clock)
+        students = _prune_and_size(teacher, data, groups, config, clock)
+        group_acc, distill_recipes = _distill(teacher, data, groups, students, targets, config, clock)
+        ensemble, ensemble_recipe = _train_ensemble(teacher, data, students, targets, config, clock)
+        student, student_recipe = _train_baseline(teacher, data, ensemble, targets, config, distill_recipes,
+                                                  ensemble_recipe, clock)
+    finally:
+        teacher.to(home)
+    reference, reference_recipe = _train_reference(splits, config, clock)
+    recipes = {"distill": distill_recipes, "ensemble": ensemble_recipe, "single student": student_recipe,
+               "reference cnn": reference_recipe}
+    trained = _Trained(ensemble, student, reference, group_acc, recipes)
     if not is_main():
         return None
-    measured = _evaluate(teacher, ensemble, student, data, config, clock)
-    report = _report(teacher, splits, data, config, groups, within, ensemble, student, group_acc, measured, clock)
+    teacher.cpu()
+    measured = _evaluate(teacher, trained, data, config, clock)
+    report = _report(teacher, splits, data, config, groups, within, trained, measured, metadata, clock)
+    teacher.to(home)
     if out is not None:
         _write_artifact(out, splits, config, ensemble, groups, report, metadata, overwrite)
     return report
 
 
-def _teacher_targets(teacher, splits, config, targets: TeacherTargets | None, clock: _Clock) -> TeacherTargets:
-    """The teacher's outputs on every training image: computed here, or checked when given."""
+def _stages_on(config: DecomposeConfig, device: str) -> DecomposeConfig:
+    """``config`` with every stage loop on ``device`` (the run's device replaces theirs)."""
+    return replace(
+        config,
+        distill=with_loop(config.distill, device=device),
+        ensemble=with_loop(config.ensemble, device=device),
+        baseline=None if config.baseline is None else with_loop(config.baseline, device=device),
+        reference=None if config.reference is None else replace(config.reference, device=device),
+    )
+
+
+def _teacher_targets(teacher, splits, config, targets: TeacherTargets | None, clock: _Clock) -> TeacherTargets | None:
+    """The teacher's outputs on every training image, when the stages read them cached (or they
+    were given); an online teacher needs none."""
     with clock.stage("teacher targets"):
         if targets is None:
-            return training_targets(teacher, splits, config)
+            return None if config.online_teacher else training_targets(teacher, splits, config)
         if len(targets.logits) != len(splits.train):
             raise InvalidInput(f"{len(targets.logits)} rows of teacher targets for {len(splits.train)} training images")
         return targets
@@ -241,35 +298,42 @@ def _prune_and_size(teacher, data: _Data, groups: list[list[int]], config, clock
             pick = torch.Generator().manual_seed(config.seed)
             importances = []
             for g, (idx, local) in zip(groups, rows):
-                sample = torch.randperm(len(idx), generator=pick)[: config.importance_samples]
+                sample = torch.randperm(len(idx), generator=pick)[: config.importance_samples].to(idx.device)
                 importances.append(unit_importance(teacher, data.x_train[idx[sample]], local[sample], classes=g))
             budgets = size_submodels(teacher.config, importances, config.speeds(), config.macs_ratio)
         plans = [_broadcast_plan(budgets[i].plan if budgets else None, teacher) for i in range(len(groups))]
-        return [build_pruned_vit(teacher, plan, classes=g) for plan, g in zip(plans, groups)]
+        return [build_pruned_vit(teacher, plan, classes=g).cpu() for plan, g in zip(plans, groups)]
 
 
-def _distill(teacher, data: _Data, groups, students, targets: TeacherTargets, config, clock: _Clock) -> list[float]:
-    """Sub-task distillation of every sub-model on its group; returns each one's test accuracy on its classes."""
-    group_acc = []
+def _distill(teacher, data: _Data, groups, students, targets: TeacherTargets | None, config, clock: _Clock):
+    """Sub-task distillation of every sub-model on its group; returns each one's test accuracy on
+    its classes and the recipe each ran."""
+    group_acc, recipes = [], []
     with clock.stage("distill"):
         for i, (g, student) in enumerate(zip(groups, students)):
             idx, local = group_rows(data.y_train, g)
-            group_targets = targets.rows(idx)
-            if targets.relations is None:  # too many images to cache them all: this group's only
-                group_targets.relations = compute_targets(
-                    teacher, data.x_train[idx], with_relations=True, batch_size=config.target_batch_size
-                ).relations
-            group_targets.logits = group_targets.logits[:, g]
+            if targets is None:
+                signal = TeacherSignal(teacher=teacher, classes=g)
+            else:
+                group_targets = targets.rows(idx.cpu())
+                if group_targets.relations is None:  # too many images to cache them all: this group's only
+                    group_targets.relations = compute_targets(
+                        teacher, data.x_train[idx], with_relations=True, batch_size=config.target_batch_size
+                    ).relations
+                group_targets.logits = group_targets.logits[:, g]
+                signal = TeacherSignal(cached=group_targets)
             vi, vl = group_rows(data.y_val, g)
             stage = with_loop(config.distill, desc=f"distill device {i}")
-            distill_submodel(student, data.x_train[idx], local, group_targets, data.x_val[vi], vl, stage)
+            result = distill_submodel(student, data.x_train[idx], local, signal, data.x_val[vi.to(data.x_val.device)], vl, stage)
+            recipes.append(result.recipe(stage.loop))
             ti, tl = group_rows(data.y_test, g)
             group_acc.append(accuracy(predict(student, data.x_test[ti]), tl.numpy()))
-    return group_acc
+    return group_acc, recipes
 
 
-def _train_ensemble(teacher, data: _Data, students, targets: TeacherTargets, config, clock: _Clock) -> DeViTEnsemble:
-    """The head-less sub-models and a fusion head (started in closed form from the teacher), trained together."""
+def _train_ensemble(teacher, data: _Data, students, targets: TeacherTargets | None, config, clock: _Clock):
+    """The head-less sub-models and a fusion head (started in closed form from the teacher),
+    trained together; returns the ensemble (on the CPU) and the recipe it ran."""
     submodels = [strip_head(s) for s in students]
     torch.manual_seed(config.seed)
     widths = tuple(m.config.embed_dim for m in submodels)
@@ -279,18 +343,32 @@ def _train_ensemble(teacher, data: _Data, students, targets: TeacherTargets, con
         if config.fusion_init_samples > 0:
             sample = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(config.seed))
             sample = sample[: config.fusion_init_samples]
-            init_fusion_from_teacher(ensemble, data.x_train[sample], targets.cls[sample], teacher)
-        train_ensemble(ensemble, data.x_train, data.y_train, targets, data.x_val, data.y_val, config.ensemble)
-    return ensemble
+            x_sample = data.x_train[sample.to(data.x_train.device)]
+            if targets is not None:
+                cls = targets.cls[sample]
+            else:
+                cls = compute_targets(teacher, x_sample, with_cls=True, batch_size=config.target_batch_size).cls
+            ensemble.to(model_device(teacher))
+            init_fusion_from_teacher(ensemble, x_sample, cls, teacher)
+            ensemble.cpu()
+        signal = TeacherSignal(teacher=teacher) if targets is None else TeacherSignal(cached=targets)
+        result = train_ensemble(ensemble, data.x_train, data.y_train, signal, data.x_val, data.y_val, config.ensemble)
+    return ensemble, result.recipe(config.ensemble.loop)
 
 
-def _train_baseline(teacher, data: _Data, ensemble: DeViTEnsemble, targets, config, clock: _Clock):
-    """The single student at the ensemble's parameters (None when the config skips it)."""
+def _train_baseline(teacher, data: _Data, ensemble: DeViTEnsemble, targets, config, distill_recipes, ensemble_recipe,
+                    clock: _Clock):
+    """The single student at the ensemble's parameters, trained with the ensemble's training
+    compute unless its config says otherwise; (None, None) when the config skips it."""
     if config.baseline is None:
-        return None
+        return None, None
     params = ensemble_params(ensemble)
+    stage = config.baseline
+    if stage.equal_compute:
+        stage = with_loop(stage, steps=_equal_compute_steps(distill_recipes, ensemble_recipe, stage.loop.batch_size),
+                          budget=None)
     with clock.stage("single student"):
-        if config.baseline.init == "scratch":
+        if stage.init == "scratch":
             torch.manual_seed(config.seed)
             student = VisionTransformer(compact_vit_config(teacher.config, params))
         else:
@@ -298,11 +376,35 @@ def _train_baseline(teacher, data: _Data, ensemble: DeViTEnsemble, targets, conf
             if is_main():
                 sample = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(config.seed))
                 sample = sample[: config.importance_samples]
-                importance = unit_importance(teacher, data.x_train[sample], data.y_train[sample])
+                importance = unit_importance(teacher, data.x_train[sample.to(data.x_train.device)],
+                                             data.y_train[sample.to(data.y_train.device)])
                 plan = single_student_plan(teacher.config, importance, params)
-            student = build_pruned_vit(teacher, _broadcast_plan(plan, teacher))
-        train_single_student(student, data.x_train, data.y_train, targets.logits, data.x_val, data.y_val, config.baseline)
-    return student
+            student = build_pruned_vit(teacher, _broadcast_plan(plan, teacher)).cpu()
+        signal = TeacherSignal(teacher=teacher) if targets is None else TeacherSignal(cached=targets)
+        result = train_single_student(student, data.x_train, data.y_train, signal, data.x_val, data.y_val, stage)
+    return student, result.recipe(stage.loop)
+
+
+def _equal_compute_steps(distill_recipes: list[dict], ensemble_recipe: dict, batch_size: int) -> int:
+    """The single student's steps for the ensemble's training compute: each sub-model is about
+    1/N of the student, so the samples of all distillations / N plus those of the ensemble."""
+    distill_samples = sum(r["planned_steps"] * r["batch_size"] for r in distill_recipes) / len(distill_recipes)
+    ensemble_samples = ensemble_recipe["planned_steps"] * ensemble_recipe["batch_size"]
+    return max(1, round((distill_samples + ensemble_samples) / batch_size))
+
+
+def _train_reference(splits: DatasetSplits, config: DecomposeConfig, clock: _Clock):
+    """The reference CNN trained with the teacher's recipe; (None, None) when the config skips it."""
+    if config.reference is None:
+        return None, None
+    from coinfer.core.models import build_model
+
+    channels, size, _ = splits.image_shape
+    with clock.stage("reference cnn"):
+        torch.manual_seed(config.seed)
+        model = build_model({**REFERENCE_CNN, "num_classes": splits.num_classes, "in_chans": channels, "image_size": size})
+        result = train_classifier(model, splits, config.reference)
+    return model, result.recipe(config.reference)
 
 
 def ensemble_params(ensemble: DeViTEnsemble) -> int:
@@ -310,29 +412,35 @@ def ensemble_params(ensemble: DeViTEnsemble) -> int:
     return sum(m.num_params() for m in ensemble.submodels) + ensemble.fusion.num_params()
 
 
-def _evaluate(teacher, ensemble: DeViTEnsemble, student, data: _Data, config, clock: _Clock) -> _Measured:
-    """Test accuracies (all devices, each device missing) and interleaved batch-1 latencies."""
+def _evaluate(teacher, trained: _Trained, data: _Data, config, clock: _Clock) -> _Measured:
+    """Test accuracies (all devices, each device missing) and interleaved batch-1 latencies, on the CPU."""
+    ensemble, student, reference = trained.ensemble, trained.student, trained.reference
     N = ensemble.num_devices
+    x_test, y_test = data.x_test, data.y_test.numpy()
     with clock.stage("evaluate"):
-        teacher_acc = accuracy(predict(teacher, data.x_test), data.y_test.numpy())
-        ens_acc = ensemble_accuracy(ensemble, data.x_test, data.y_test)
-        missing_one = [ensemble_accuracy(ensemble, data.x_test, data.y_test, missing=[i]) for i in range(N)]
-        student_acc = accuracy(predict(student, data.x_test), data.y_test.numpy()) if student is not None else None
+        teacher_acc = accuracy(predict(teacher, x_test), y_test)
+        ens_acc = ensemble_accuracy(ensemble, x_test, data.y_test)
+        missing_one = [ensemble_accuracy(ensemble, x_test, data.y_test, missing=[i]) for i in range(N)]
+        student_acc = accuracy(predict(student, x_test), y_test) if student is not None else None
+        reference_acc = accuracy(predict(reference, x_test), y_test) if reference is not None else None
     with clock.stage("latency"):
-        x1 = data.x_test[:1]
+        x1 = x_test[:1]
         feats = ensemble.features(x1).detach()
         present = torch.ones(1, N, dtype=torch.bool)
         fns = {"teacher": bound(teacher, x1), "fusion": bound(ensemble.fusion, feats, present)}
         fns.update({f"device-{i}": bound(m, x1) for i, m in enumerate(ensemble.submodels)})
         if student is not None:
             fns["single student"] = bound(student, x1)
+        if reference is not None:
+            fns["reference cnn"] = bound(reference, x1)
         latency = measure_interleaved(fns, rounds=config.latency_rounds, repeats=config.latency_repeats)
-    return _Measured(teacher_acc, ens_acc, missing_one, student_acc, latency)
+    return _Measured(teacher_acc, ens_acc, missing_one, student_acc, reference_acc, latency)
 
 
-def _report(teacher, splits, data: _Data, config, groups, within, ensemble, student, group_acc, measured: _Measured,
+def _report(teacher, splits, data: _Data, config, groups, within, trained: _Trained, measured: _Measured, metadata,
             clock: _Clock) -> DEKDReport:
-    """The figures of the run (report.json)."""
+    """The figures of the run (report.json), with the recipe every stage ran and why."""
+    ensemble, student, reference = trained.ensemble, trained.student, trained.reference
     lat = measured.latency_ms
     speeds = config.speeds()
     x1 = data.x_test[:1]
@@ -352,11 +460,12 @@ def _report(teacher, splits, data: _Data, config, groups, within, ensemble, stud
                 depth=m.config.depth,
                 heads=list(m.config.block_heads or ()),
                 mlp_hidden=list(m.config.block_mlp_hidden or ()),
-                group_accuracy=group_acc[i],
+                group_accuracy=trained.group_accuracy[i],
             )
         )
     scaled = [d.scaled_latency_ms for d in devices]
     ens_latency = max(scaled) + lat["fusion"]
+    teacher_meta = dict((metadata or {}).get("teacher_metadata") or {})
     return DEKDReport(
         dataset=splits.name,
         num_classes=splits.num_classes,
@@ -378,10 +487,23 @@ def _report(teacher, splits, data: _Data, config, groups, within, ensemble, stud
         if student is None
         else StudentFigures(measured.student_accuracy, student.num_params(), student.macs(), lat["single student"],
                             config.baseline.init),
+        reference=None
+        if reference is None
+        else ReferenceFigures(REFERENCE_CNN["arch"], REFERENCE_CNN["width_mult"], measured.reference_accuracy,
+                              reference.num_params(), reference.macs(), lat["reference cnn"]),
         speedup=lat["teacher"] / ens_latency,
         within_group_affinity=within,
         stage_seconds=clock.seconds,
         config=config.to_dict(),
+        recipe={
+            "budget": config.budget,
+            "train_images": len(splits.train),
+            "device": config.device,
+            "processes": world()[1],
+            "online_teacher": config.online_teacher,
+            "teacher": teacher_meta.get("recipe"),
+            "stages": trained.recipes,
+        },
     )
 
 

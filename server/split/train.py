@@ -220,7 +220,7 @@ def train_bottleneck(
     total = train.recon_steps + train.distill_steps
 
     def loss_fn(module: nn.Module, batch: Batch) -> torch.Tensor:
-        idx = batch.index
+        idx = batch.cpu_index  # the features stay on the CPU (they may be large) and move a batch at a time
         f = features.train[idx].to(device).float()  # float16 crosses to the GPU at half the bytes
         restored = module(f, qat[batch.step % len(qat)] if qat else 0)
         loss = train.recon_weight * F.smooth_l1_loss(restored / features.scale, f / features.scale)
@@ -233,7 +233,7 @@ def train_bottleneck(
         return loss
 
     loop = dataclasses.replace(
-        train.loop, steps=total, warmup_steps=max(1, total // 20), desc=desc,
+        train.loop, steps=total, warmup_fraction=0.05, desc=desc,
         lr=train.paper_lr if config.design == "paper" else train.loop.lr,
     )
     result = train_loop(ae, len(features.train), loss_fn, loop)
@@ -302,11 +302,11 @@ def finetune_point(
     for p in student.parameters():
         p.requires_grad_(True)
     joint = nn.ModuleDict({"student": student, "ae": ae})
-    x_train, y_train = splits.train.tensors()
+    x_train, y_train = (t.to(device) for t in splits.train.tensors())
     a = config.kd_weight
 
     def loss_fn(module: nn.Module, batch: Batch) -> torch.Tensor:
-        x, y = x_train[batch.index].to(device), y_train[batch.index].to(device)
+        x, y = x_train[batch.index], y_train[batch.index]
         net, bottleneck = module["student"], module["ae"]
         net.eval()  # frozen BatchNorm statistics; weights still learn
         bottleneck.eval()
@@ -319,7 +319,7 @@ def finetune_point(
         return (1 - a) * F.cross_entropy(logits, y) + a * distillation_loss(logits, target, config.kd_temperature)
 
     if config.steps > 0:
-        loop = dataclasses.replace(config.loop, steps=config.steps, warmup_steps=1, desc=desc)
+        loop = dataclasses.replace(config.loop, steps=config.steps, warmup_fraction=0.0, desc=desc)
         train_loop(joint, len(x_train), loss_fn, loop)  # leaves student and ae on the CPU
     for p in student.parameters():
         p.requires_grad_(False)

@@ -1,7 +1,8 @@
 """One DEKD stage under torchrun (run by test_dekd_ddp.py): sub-task distillation of one sub-model.
 
 Every rank writes what it saw to OUT/rank{r}.json: the gathered teacher targets checked against a
-local computation, its training curve and a checksum of the trained weights.
+local computation, its training curve, the steps and samples its training took, and a checksum of
+the trained weights. Run without torchrun, it writes the same for one process.
 """
 
 import json
@@ -51,7 +52,8 @@ def main(out: Path) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "world": size, "gathered_ok": bool(gathered_ok),
         "losses": result.train_loss_per_epoch, "val": result.val_accuracy_per_epoch,
-        "before": before, "checksum": checksum,
+        "before": before, "checksum": checksum, "steps": result.steps, "samples_seen": result.samples_seen,
+        "planned_steps": result.plan.steps,
     }))
 
 
