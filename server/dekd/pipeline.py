@@ -267,9 +267,10 @@ def decompose(
 
 
 def _stages_on(config: DecomposeConfig, device: str) -> DecomposeConfig:
-    """``config`` with every stage loop on ``device`` (the run's device replaces theirs)."""
+    """``config`` with every stage loop on ``device`` (the run's device, resolved, replaces theirs)."""
     return replace(
         config,
+        device=device,
         distill=with_loop(config.distill, device=device),
         ensemble=with_loop(config.ensemble, device=device),
         baseline=None if config.baseline is None else with_loop(config.baseline, device=device),
