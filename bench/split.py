@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from coinfer.core.training import TrainConfig
+from coinfer.core.training import TrainConfig, with_loop
 from coinfer.bench.split_targets import Row, compression_target, equal_payload
 from coinfer.server.split.train import BottleneckTrainConfig
 
@@ -92,19 +92,33 @@ def quick_bench_config() -> BenchConfig:
     return BenchConfig(
         dataset="digits", backbones=("resnet18",), train_images=0, bottleneck_train_images=0, test_images=0,
         backbone_train=TrainConfig(epochs=12, lr=3e-3, batch_size=64, desc="backbone"),
-        bottleneck_train=BottleneckTrainConfig(recon_steps=100, distill_steps=40, batch_size=64, qat_bits=(8, 4, 2)),
+        bottleneck_train=with_loop(BottleneckTrainConfig(recon_steps=100, distill_steps=40, qat_bits=(8, 4, 2)), batch_size=64),
         reductions=(4.0, 16.0),
     )
 
 
 _NOT_IN_KEY = ("progress", "desc", "device")
 """Train-config fields that do not change what is measured, so a rerun with other values reuses the caches."""
+_BOTTLENECK_LOOP_FIELDS = ("batch_size", "lr", "weight_decay", "seed")
+"""The loop fields a bottleneck's training reads (its budget and warm-up come from its own steps)."""
+
+
+def _train_key(train: TrainConfig) -> dict:
+    """The recipe fields that change what is trained; unset ones (None) are left out, so caches
+    written before a field existed stay valid."""
+    return {k: v for k, v in asdict(train).items() if k not in _NOT_IN_KEY and v is not None}
+
+
+def _bottleneck_key(train: BottleneckTrainConfig) -> dict:
+    """A bottleneck recipe as one flat dict: its own fields and the loop fields it reads."""
+    stage = {k: v for k, v in asdict(train).items() if k != "loop"}
+    return {**stage, **{k: getattr(train.loop, k) for k in _BOTTLENECK_LOOP_FIELDS}}
 
 
 def _settings_key(config: BenchConfig, backbone: str) -> dict:
     return {"backbone": backbone, "dataset": config.dataset, "width_mult": config.width_mult,
             "train_images": config.train_images, "seed": config.seed,
-            "backbone_train": {k: v for k, v in asdict(config.backbone_train).items() if k not in _NOT_IN_KEY}}
+            "backbone_train": _train_key(config.backbone_train)}
 
 
 def _backbone(config: BenchConfig, name: str, splits, folder: Path):
@@ -133,9 +147,9 @@ def _backbone(config: BenchConfig, name: str, splits, folder: Path):
 
 def _rows_key(config: BenchConfig, name: str) -> dict:
     """Everything a row depends on: a rerun with the same key reuses the rows already measured."""
-    train = {k: v for k, v in asdict(config.bottleneck_train).items() if k not in _NOT_IN_KEY}
     return {**_settings_key(config, name), "bottleneck_train_images": config.bottleneck_train_images,
-            "test_images": config.test_images, "bits": list(config.bits), "bottleneck_train": train}
+            "test_images": config.test_images, "bits": list(config.bits),
+            "bottleneck_train": _bottleneck_key(config.bottleneck_train)}
 
 
 class _RowCache:
@@ -179,7 +193,7 @@ def bench_backbone(config: BenchConfig, name: str, splits, folder: Path) -> dict
     rows_reused = 0
     fp32: dict[int, int] = {}
     last = model.num_points - 1
-    train_cfg = dataclasses.replace(config.bottleneck_train, seed=config.seed, progress=config.progress)
+    train_cfg = with_loop(config.bottleneck_train, seed=config.seed, progress=config.progress)
     for point in range(1, last):
         shape = model.feature_shape(point)
         fp32[point] = sizing.fp32_bytes(shape)
@@ -198,7 +212,7 @@ def bench_backbone(config: BenchConfig, name: str, splits, folder: Path) -> dict
                     continue
                 if feats is None:
                     feats = compute_point_features(model, point, splits, config.bottleneck_train_images, config.seed,
-                                                   include_val=False, device=train_cfg.device)
+                                                   include_val=False, device=train_cfg.loop.device)
                     tail = model.segment(point, last)
                 t0 = time.perf_counter()
                 ae, _ = train_bottleneck(bcfg, feats, tail, train_cfg, desc=f"{name} p{point} {design} /{reduction:g}")
@@ -289,7 +303,7 @@ def run_benchmark(out_dir: str | Path, quick: bool = False, config: BenchConfig 
     # One device for everything, also in the settings written out: the train configs carry it from here on.
     config = dataclasses.replace(
         config, backbone_train=dataclasses.replace(config.backbone_train, device=config.device),
-        bottleneck_train=dataclasses.replace(config.bottleneck_train, device=config.device))
+        bottleneck_train=with_loop(config.bottleneck_train, device=config.device))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -10,7 +10,6 @@ the functions, so importing this module is cheap.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -21,126 +20,32 @@ if TYPE_CHECKING:
     from coinfer.server.split.report import SplitReport
 
 
-def train_teacher(
-    out: str | Path | None,
-    *,
-    dataset: str = "digits",
-    data_dir: str | Path | None = None,
-    arch: str = "vit-tiny",
-    epochs: int = 10,
-    lr: float = 1e-3,
-    batch_size: int = 128,
-    patch_size: int | None = None,
-    embed_dim: int | None = None,
-    depth: int | None = None,
-    num_heads: int | None = None,
-    drop_path: float = 0.1,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = True,
-    overwrite: bool = False,
-) -> tuple[Any, dict[str, Any]]:
-    """Train a ViT teacher for DEKD on ``dataset`` (its best validation epoch kept), and write it to ``out``.
+def train_teacher(out: str | Path, **options: Any) -> tuple[Any, dict[str, Any]]:
+    """Train a ViT teacher for DEKD and write it to ``out`` (``coinfer teacher train``).
 
-    ``arch`` is a size preset (vit-nano .. vit-base; ``embed_dim``, ``depth``, ``num_heads``
-    override it); ``device`` is cpu, cuda or auto, and the teacher comes back on the CPU either
-    way. ``out`` None keeps the teacher in memory only. Returns (the model in evaluation mode, its
-    metadata: dataset, classes, accuracies, size, training record), as ``load_teacher`` reads them.
+    ``options`` are those of :func:`coinfer.server.dekd.jobs.train_teacher_job` (dataset, arch,
+    budget or epochs / steps, lr, batch_size, device, ...): the recipe adapts its steps to the
+    data unless told otherwise, and the metadata's ``recipe`` says what it chose and why.
+    Returns (the model, on the CPU in evaluation mode; its metadata, as ``load_teacher`` reads it).
     """
-    from coinfer.core.data import load_dataset
-    from coinfer.core.device import resolve_device
-    from coinfer.core.errors import InvalidInput
-    from coinfer.core.training import TrainConfig, evaluate
-    from coinfer.server.dekd import teacher as teachers
+    from coinfer.server.dekd.jobs import train_teacher_job
 
-    resolved = resolve_device(device)
-    if out is not None and Path(out).exists() and not overwrite:
-        raise InvalidInput(f"{out} already exists; choose another folder or pass overwrite=True")
-    splits = load_dataset(dataset, data_dir, seed=seed)
-    config = teachers.teacher_config(
-        arch, splits.image_shape, splits.num_classes, patch_size=patch_size, drop_path_rate=drop_path,
-        embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-    )
-    train = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress, desc=f"teacher {arch}", device=str(resolved))
-    started = time.perf_counter()
-    model, result = teachers.train_teacher(splits, config, train)
-    test_accuracy = evaluate(model, splits.test)
-    meta = teachers.trained_metadata(model, splits, arch, result, test_accuracy, time.perf_counter() - started, str(resolved))
-    if out is not None:
-        teachers.save_teacher(model, out, meta, overwrite=overwrite)
-    return model, meta
+    run = train_teacher_job(out=out, **options)
+    return run.model, run.metadata
 
 
-def decompose(
-    out: str | Path | None,
-    *,
-    teacher: Any = None,
-    dataset: str = "digits",
-    data_dir: str | Path | None = None,
-    devices: int = 4,
-    device_speeds: str | Sequence[float | str] | None = None,
-    partition: str = "affinity",
-    quick: bool = False,
-    macs_ratio: float | None = None,
-    distill_epochs: int | None = None,
-    ensemble_epochs: int | None = None,
-    baseline_epochs: int | None = None,
-    baseline: bool = True,
-    baseline_init: str = "scratch",
-    seed: int = 0,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> DEKDReport:
-    """DEKD: decompose a ViT teacher into ``devices`` sub-models and a fusion head; write the DeViT bundle to ``out``.
+def decompose(out: str | Path, **options: Any) -> DEKDReport:
+    """DEKD: decompose a ViT teacher into sub-models and a fusion head; write the DeViT bundle to ``out``.
 
-    ``teacher`` is a teacher folder (`train_teacher`, `import_teacher`), a ViT model, or None to
-    train the default teacher first (the same recipe as ``coinfer decompose`` without
-    ``--teacher``). ``device_speeds`` are relative speeds or device profiles (names or
-    coinfer.profile/1 files), a sequence or comma-separated; ``quick`` is the short preset of the
-    digits demo, and the epoch options override a preset's. ``out`` None measures without writing.
-    Returns the report (also written as ``out``/report.json).
+    ``options`` are those of :func:`coinfer.server.dekd.jobs.decompose_job` (teacher: a teacher
+    folder, or None to train one first; dataset, devices, device_speeds as a list or
+    "1,1,0.5,0.5", budget "quick" | "default" | "thorough", the ``*_epochs`` overrides, device,
+    ...). Returns the report (also written as ``out``/report.json); the report's ``recipe`` says
+    which steps each stage took and why.
     """
-    import torch
+    from coinfer.server.dekd.jobs import decompose_job
 
-    from coinfer.core.data import load_dataset
-    from coinfer.core.errors import InvalidInput
-    from coinfer.server.dekd.config import preset
-    from coinfer.server.dekd.partition import check_group_count
-    from coinfer.server.dekd.pipeline import decompose as run_dekd
-    from coinfer.server.dekd.speeds import parse_device_speeds
-    from coinfer.server.dekd.teacher import check_compatible, load_teacher, train_default_teacher
-
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 2:
-        raise InvalidInput(f"devices must be an integer of at least 2, got {devices!r}")
-    if out is not None and Path(out).exists() and not overwrite:
-        raise InvalidInput(f"{out} already exists; choose another folder or pass overwrite=True")
-    if device_speeds is not None and not isinstance(device_speeds, str):
-        device_speeds = ",".join(str(s) for s in device_speeds)
-    speeds = parse_device_speeds(device_speeds, devices)
-    config = preset(
-        "quick" if quick else "default", num_devices=devices, partition=partition, device_speeds=tuple(speeds),
-        seed=seed, progress=progress, baseline=baseline, baseline_init=baseline_init,
-    )
-    if macs_ratio is not None:
-        if not 0 < macs_ratio <= 1:
-            raise InvalidInput(f"macs_ratio must be in (0, 1], got {macs_ratio}")
-        config.macs_ratio = macs_ratio
-    for loop, epochs in ((config.distill.loop, distill_epochs), (config.ensemble.loop, ensemble_epochs),
-                         (config.baseline.loop if config.baseline else None, baseline_epochs)):
-        if epochs is not None and loop is not None:
-            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-                raise InvalidInput(f"epochs must be positive integers, got {epochs!r}")
-            loop.epochs = epochs
-    teacher_meta: dict[str, Any] = {}
-    if isinstance(teacher, (str, Path)):
-        teacher, teacher_meta = load_teacher(teacher)
-    splits = load_dataset(dataset, data_dir, seed=seed)
-    check_group_count(splits.num_classes, devices)
-    if teacher is None:
-        teacher = train_default_teacher(splits, quick=quick, seed=seed)
-    check_compatible(teacher.config, splits)
-    torch.manual_seed(seed)
-    return run_dekd(teacher, splits, config, out=out, overwrite=overwrite, metadata={"teacher_metadata": teacher_meta})
+    return decompose_job(out=out, **options)
 
 
 def split(

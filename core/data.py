@@ -8,6 +8,9 @@ Sources:
 - ``imagefolder``: ``data_dir`` with one sub-folder per class of PNG/JPEG images.
 
 Images are kept as uint8 N x C x H x W; `to_float` maps them to [0, 1] for models.
+:func:`stratified_subset` cuts a seeded, class-balanced subset (small-data experiments), and
+:func:`augment_images` is the training-time augmentation every recipe uses (random shifts,
+mirror flips where the data allows them, mixup / cutmix).
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from coinfer.core.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    import torch
 
 DATASETS = ("digits", "fashion-mnist", "npz", "imagefolder")
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
@@ -32,6 +39,12 @@ FASHION_MNIST_CLASSES = (
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_CLASSES = 100_000
 """Labels are class indices; anything larger is a damaged file, not a dataset."""
+MIRROR_SAFE: dict[str, bool] = {"digits": False, "fashion-mnist": True}
+"""Whether a left-right mirror keeps an image's class, for the datasets we know. A mirrored 2, 3,
+4, 5, 7 or 9 is no digit (and a mirrored 6 or 9 is no closer to the other): digits, no. A mirrored
+shirt, bag or sneaker is still one (a left shoe mirrored is a right shoe; the classes do not
+depend on which way it points): Fashion-MNIST, yes. A user's npz or imagefolder data is unknown,
+so flips stay off unless asked for."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,11 @@ class DatasetSplits:
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width)."""
         return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+
+def mirror_safe(dataset: str) -> bool:
+    """Whether random left-right flips are label-preserving for ``dataset`` (see :data:`MIRROR_SAFE`)."""
+    return MIRROR_SAFE.get(dataset, False)
 
 
 def to_float(x: np.ndarray):
@@ -268,3 +286,113 @@ def _load_imagefolder(root: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ..
         raise InvalidInput(f"{root}: no PNG or JPEG images in the class folders")
     x, y, _ = _check_labels(np.stack(images).astype(np.uint8), np.array(labels, dtype=np.int64), str(root))
     return x, y, tuple(classes)
+
+
+# Subsets -----------------------------------------------------------------------------------------
+
+
+def stratified_subset(splits: DatasetSplits, images: int, seed: int = 0, val_fraction: float = 0.1) -> DatasetSplits:
+    """``images`` labelled training images drawn from ``splits.train`` and ``splits.val`` together,
+    class-balanced and seeded, cut again into train and validation (``val_fraction`` of each class);
+    the test split is kept whole. The name says the size: ``"fashion-mnist-2000"``.
+    """
+    pool = ImageDataset(np.concatenate([splits.train.x, splits.val.x]), np.concatenate([splits.train.y, splits.val.y]))
+    if not splits.num_classes * 2 <= images <= len(pool):
+        raise InvalidInput(
+            f"a subset of {images} images: needs between {splits.num_classes * 2} (two per class) and {len(pool)}"
+        )
+    keep, _ = _stratified_cut(pool.y, images / len(pool), seed)
+    chosen = pool.subset(keep)
+    val_idx, train_idx = _stratified_cut(chosen.y, val_fraction, seed + 1)
+    return DatasetSplits(
+        name=f"{splits.name}-{images}",
+        train=chosen.subset(train_idx),
+        val=chosen.subset(val_idx),
+        test=splits.test,
+        num_classes=splits.num_classes,
+        class_names=splits.class_names,
+    )
+
+
+# Augmentation ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MixedImages:
+    """A batch after augmentation: image i carries ``lam`` of its own label and ``1 - lam`` of its
+    partner's (mixup / cutmix); without mixing, ``partner`` is None and ``lam`` 1."""
+
+    x: "torch.Tensor"
+    """The augmented images, on the device they came from."""
+    partner: "torch.Tensor | None"
+    """Index in the batch of the image each one was mixed with."""
+    lam: float
+    """Share of each image's own label."""
+
+    def mix(self, loss_of_labels, y):
+        """``lam * loss(y) + (1 - lam) * loss(y[partner])``: a label loss over the mixed targets."""
+        if self.partner is None:
+            return loss_of_labels(y)
+        return self.lam * loss_of_labels(y) + (1 - self.lam) * loss_of_labels(y[self.partner])
+
+
+def random_shift(x, max_shift: int, generator):
+    """Shift every image by a random offset in [-max_shift, max_shift], padding with zeros.
+
+    The offsets are drawn from ``generator``, which lives where ``x`` is (CPU or GPU).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if max_shift <= 0:
+        return x
+    B, C, H, W = x.shape
+    device = x.device
+    padded = F.pad(x, (max_shift,) * 4)
+    dx = torch.randint(0, 2 * max_shift + 1, (B,), generator=generator, device=device)
+    dy = torch.randint(0, 2 * max_shift + 1, (B,), generator=generator, device=device)
+    rows = (dy[:, None] + torch.arange(H, device=device)[None, :])[:, None, :, None].expand(B, C, H, W + 2 * max_shift)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(W, device=device)[None, :])[:, None, None, :].expand(B, C, H, W)
+    return out.gather(3, cols)
+
+
+def augment_images(
+    x,
+    generator,
+    rng: np.random.Generator,
+    max_shift: int = 0,
+    hflip: bool = False,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+) -> MixedImages:
+    """Random shifts (up to ``max_shift`` px, zero padding), left-right flips of half the images,
+    then mixup or cutmix of every image with its partner in the reversed batch (DeiT's pairing).
+
+    With both mixing alphas set, each batch takes one of the two at random (DeiT: switch
+    probability 0.5). Tensor draws use ``generator`` (on ``x``'s device); the few scalars (mixing
+    weight, cut box) come from the host ``rng``, so nothing waits for the device.
+    """
+    import torch
+
+    x = random_shift(x, max_shift, generator)
+    if hflip:
+        flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    alphas = [(kind, a) for kind, a in (("mixup", mixup_alpha), ("cutmix", cutmix_alpha)) if a > 0]
+    if not alphas or x.shape[0] < 2:
+        return MixedImages(x, None, 1.0)
+    kind, alpha = alphas[int(rng.integers(len(alphas)))]
+    lam = float(rng.beta(alpha, alpha))
+    partner = torch.arange(x.shape[0] - 1, -1, -1, device=x.device)
+    if kind == "mixup":
+        return MixedImages(lam * x + (1 - lam) * x[partner], partner, lam)
+    H, W = x.shape[-2:]
+    cut_h, cut_w = int(H * (1 - lam) ** 0.5), int(W * (1 - lam) ** 0.5)
+    cy, cx = int(rng.integers(H)), int(rng.integers(W))
+    top, bottom = max(0, cy - cut_h // 2), min(H, cy + cut_h - cut_h // 2)
+    left, right = max(0, cx - cut_w // 2), min(W, cx + cut_w - cut_w // 2)
+    mixed = x.clone()
+    mixed[..., top:bottom, left:right] = x[partner][..., top:bottom, left:right]
+    # The label weight is the share of the image that is really its own after clipping the box.
+    return MixedImages(mixed, partner, 1.0 - (bottom - top) * (right - left) / (H * W))

@@ -137,7 +137,7 @@ def test_teacher_jobs_and_decompose_at_tiny_budgets(teacher_dir, tmp_path):
         coinfer.import_teacher(weights, tmp_path / "imported")
     with torch_threads(1):
         report = coinfer.decompose(
-            tmp_path / "devit", teacher=teacher_dir, devices=2, device_speeds=[1, 0.5], quick=True,
+            tmp_path / "devit", teacher=teacher_dir, devices=2, device_speeds=[1, 0.5], budget="quick",
             distill_epochs=1, ensemble_epochs=1, baseline=False, progress=False,
         )
     deployment = load_devit(tmp_path / "devit")

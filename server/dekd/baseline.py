@@ -22,9 +22,10 @@ from torch import nn
 from coinfer.core.errors import InvalidInput
 from coinfer.core.measure import accuracy, predict
 from coinfer.core.models.vit import ViTConfig
-from coinfer.core.training import TrainResult
+from coinfer.core.parallel import training_device
+from coinfer.core.training import Batch, TrainConfig, TrainResult, train_loop
 from coinfer.server.dekd.distill import kd_loss
-from coinfer.server.dekd.loop import LoopConfig, train_indexed
+from coinfer.server.dekd.targets import TeacherSignal, TeacherTargets, as_signal, batch_images, teacher_placed
 from coinfer.server.dekd.prune import PrunePlan, UnitImportance, architecture_cost, plan_cost, plan_pruning
 
 
@@ -32,16 +33,17 @@ from coinfer.server.dekd.prune import PrunePlan, UnitImportance, architecture_co
 class BaselineConfig:
     """Schedule and loss of the single-student baseline."""
 
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=6, lr=1e-3, desc="single student"))
-    """Epochs (the presets give it the ensemble's training compute), batch size, learning rate."""
+    loop: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=1e-3, warmup_epochs=0.3, desc="single student"))
+    """Batch size, learning rate, augmentation, label smoothing; the budget too when not ``equal_compute``."""
+    equal_compute: bool = True
+    """Train for the ensemble's training compute (distillation steps / N + ensemble steps), whatever
+    the loop's own budget says; False: the loop's budget."""
     init: Literal["scratch", "pruned"] = "scratch"
     """A fresh dense compact ViT, or the teacher pruned to the budget."""
     alpha: float = 0.5
     """Weight a of the KD term; CE gets 1 - a."""
     kd_temperature: float = 1.0
     """Softmax temperature of the KD term."""
-    label_smoothing: float = 0.1
-    """Cross-entropy label smoothing."""
 
     def __post_init__(self) -> None:
         if self.init not in ("scratch", "pruned"):
@@ -89,20 +91,28 @@ def train_single_student(
     student: nn.Module,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    targets: TeacherTargets | TeacherSignal,
     x_val: torch.Tensor,
     y_val: torch.Tensor,
     config: BaselineConfig,
 ) -> TrainResult:
-    """Vanilla KD on the full training set."""
+    """Vanilla KD on the full training set: ``targets`` holds the teacher's logits on ``x_train``
+    (cached: the images train as they are), or is a signal running the teacher on every augmented batch."""
+    signal = as_signal(targets)
+    device = training_device(config.loop.device)
+    signal = signal.to(device)
+    x_train, y_train, x_val = x_train.to(device), y_train.to(device), x_val.to(device)
     a = config.alpha
 
-    def loss_fn(module: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        logits = module(x_train[idx])
-        loss = (1 - a) * F.cross_entropy(logits, y_train[idx], label_smoothing=config.label_smoothing)
-        return loss + a * kd_loss(logits, teacher_logits[idx], config.kd_temperature)
+    def loss_fn(module: nn.Module, batch: Batch) -> torch.Tensor:
+        images = batch_images(signal, x_train[batch.index], config.loop, batch)
+        teacher = signal(images.x, batch.index)
+        logits = module(images.x)
+        ce = images.mix(lambda y: F.cross_entropy(logits, y, label_smoothing=config.loop.label_smoothing), y_train[batch.index])
+        return (1 - a) * ce + a * kd_loss(logits, teacher.logits, config.kd_temperature)
 
     def evaluate(module: nn.Module) -> float:
         return accuracy(predict(module, x_val), y_val.numpy()) if len(x_val) else 0.0
 
-    return train_indexed(student, len(x_train), loss_fn, evaluate, config.loop)
+    with teacher_placed(signal, device):
+        return train_loop(student, len(x_train), loss_fn, config.loop, evaluate)

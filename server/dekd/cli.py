@@ -1,6 +1,8 @@
 """``coinfer teacher train|import`` and ``coinfer decompose``.
 
-Handlers import torch only when they run, so ``coinfer --help`` stays fast. Every run also
+The train and decompose handlers only turn flags into the keyword arguments of their job
+(:mod:`coinfer.server.dekd.jobs`), which a Python API calls the same way. Handlers import torch
+only when they run, so ``coinfer --help`` stays fast. Every run also
 works under torchrun (``torchrun --nproc_per_node 2 -m coinfer decompose ...``): each rank
 trains its shard and rank 0 prints and writes.
 """
@@ -25,11 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("train", help="train a ViT teacher on a dataset (best validation epoch kept)")
     _add_data_args(t)
-    t.add_argument("--arch", default="vit-tiny", choices=sorted(PRESETS), help="teacher size (default vit-tiny)")
+    t.add_argument("--arch", default=None, choices=sorted(PRESETS), help="teacher size (default vit-tiny)")
     t.add_argument("--out", type=Path, required=True, help="teacher folder to write")
-    t.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
-    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    t.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
+    _add_budget_args(t)
+    t.add_argument("--epochs", type=int, default=None, help="fixed training epochs instead of the budget")
+    t.add_argument("--steps", type=int, default=None, help="fixed optimiser steps instead of the budget (at least one epoch's)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, 1e-3)")
+    t.add_argument("--batch-size", type=int, default=None, help="images per step over all processes (default 128)")
     t.add_argument("--patch-size", type=int, default=None, help="ViT patch side (default: image side / 4, or 16 from 64 px)")
     t.add_argument("--embed-dim", type=int, default=None, help="override the preset's token width")
     t.add_argument("--depth", type=int, default=None, help="override the preset's number of blocks")
@@ -68,11 +72,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="relative speeds s1,..,sN, or device profiles (names or coinfer.profile/1 JSON files; speed = 1 / local latency)",
     )
     d.add_argument("--partition", default="affinity", choices=PARTITION_METHODS, help="class partition (default affinity)")
-    d.add_argument("--quick", action="store_true", help="few epochs everywhere: the demo path (digits: about a minute)")
+    _add_budget_args(d)
+    d.add_argument("--quick", action="store_true", help="the same as --budget quick (the demo path)")
     d.add_argument("--macs-ratio", type=float, default=None, help="fastest sub-model MACs / teacher MACs (default 0.12)")
-    d.add_argument("--distill-epochs", type=int, default=None, help="override the sub-task distillation epochs")
-    d.add_argument("--ensemble-epochs", type=int, default=None, help="override the ensemble training epochs")
-    d.add_argument("--baseline-epochs", type=int, default=None, help="override the single-student epochs")
+    d.add_argument("--distill-epochs", type=int, default=None, help="fixed sub-task distillation epochs instead of the budget")
+    d.add_argument("--ensemble-epochs", type=int, default=None, help="fixed ensemble training epochs instead of the budget")
+    d.add_argument("--baseline-epochs", type=int, default=None,
+                   help="fixed single-student epochs (default: the ensemble's training compute)")
+    d.add_argument("--no-reference", action="store_true", help="skip the reference CNN trained beside the teacher")
+    d.add_argument(
+        "--device", default="cpu", choices=DEVICE_CHOICES,
+        help="where importance scoring, the teacher's targets and every stage train (default cpu; auto: cuda when "
+        "torch sees a GPU); evaluation, latency and the bundle are on the CPU",
+    )
     d.add_argument("--no-baseline", action="store_true", help="skip the single-student baseline")
     d.add_argument(
         "--baseline-init", default="scratch", choices=("scratch", "pruned"),
@@ -81,6 +93,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--seed", type=int, default=0, help="seed of the data split, partition and training (default 0)")
     d.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     d.set_defaults(handler=_decompose)
+
+
+def _add_budget_args(p: argparse.ArgumentParser) -> None:
+    from coinfer.server.dekd.recipes import BUDGET_NAMES
+
+    p.add_argument(
+        "--budget", default="default", choices=BUDGET_NAMES,
+        help="training budget, in optimiser steps scaled to the training set's size (default: default; "
+        "quick for a first look, thorough for the last points)",
+    )
+    p.add_argument(
+        "--hflip", default=None, action=argparse.BooleanOptionalAction,
+        help="random left-right flips (default: where the dataset allows them: Fashion-MNIST yes, digits and your own data no)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -92,14 +119,6 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _set_threads(threads: int | None) -> None:
-    import torch
-
-    _check_positive("--threads", threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
 def _check_positive(name: str, value, kind=int) -> None:
     from coinfer.core.errors import InvalidInput
 
@@ -108,42 +127,23 @@ def _check_positive(name: str, value, kind=int) -> None:
 
 
 def _teacher_train(args: argparse.Namespace) -> int:
-    from coinfer.core.data import load_dataset
-    from coinfer.core.device import resolve_device
-    from coinfer.core.errors import InvalidInput
-    from coinfer.core.training import TrainConfig, evaluate
-    from coinfer.server.dekd.parallel import is_main, world
-    from coinfer.server.dekd.teacher import save_teacher, teacher_config, train_teacher, trained_metadata
+    from coinfer.server.dekd.jobs import train_teacher_job
 
-    # First of all: cuda asked for on a machine without a GPU fails before anything is read or written.
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        world()  # under torchrun: a gloo group, the tensors stay on the CPU
-    # On a GPU, training creates the process group itself (nccl), one GPU per torchrun process.
-    for name in ("epochs", "batch_size"):
-        _check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
-    _set_threads(args.threads)
-    _check_positive("--lr", args.lr, float)
-    if args.out.exists() and not args.overwrite:
-        raise InvalidInput(f"{args.out} already exists; choose another folder or pass --overwrite")
-    splits = load_dataset(args.dataset, args.data_dir, seed=args.seed)
-    config = teacher_config(
-        args.arch, splits.image_shape, splits.num_classes, patch_size=args.patch_size,
-        drop_path_rate=args.drop_path, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.num_heads,
+    run = train_teacher_job(
+        out=args.out, dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, budget=args.budget,
+        epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size, patch_size=args.patch_size,
+        embed_dim=args.embed_dim, depth=args.depth, num_heads=args.num_heads, drop_path=args.drop_path,
+        hflip=args.hflip, seed=args.seed, device=args.device, threads=args.threads, overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
-    started = time.perf_counter()
-    model, result = train_teacher(
-        splits, config,
-        TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, desc=f"teacher {args.arch}",
-                    device=str(device)),
-    )
-    if not is_main():
-        return 0
-    test_acc = evaluate(model, splits.test)
-    meta = trained_metadata(model, splits, args.arch, result, test_acc, time.perf_counter() - started, str(device))
-    save_teacher(model, args.out, meta, overwrite=args.overwrite)
-    print(f"teacher {args.arch} on {splits.name}: val {result.best_val_accuracy:.4f} (epoch {result.best_epoch + 1}), "
-          f"test {test_acc:.4f}, {model.num_params():,} params, {model.macs():,} MACs, trained on {device} -> {args.out}")
+    from coinfer.core.parallel import is_main
+
+    if is_main():
+        m, r = run.metadata, run.metadata["recipe"]
+        stopped = "" if r["stopped_early_at_epoch"] is None else f", stopped early after epoch {r['stopped_early_at_epoch'] + 1}"
+        print(f"teacher {m['arch']} on {m['dataset']}: val {m['val_accuracy']:.4f} (epoch {m['best_epoch'] + 1}), "
+              f"test {m['test_accuracy']:.4f}, {m['params']:,} params, {m['macs']:,} MACs, trained on {m['train_device']} "
+              f"({r['steps']} steps; {r['why']}{stopped}) -> {args.out}")
     return 0
 
 
@@ -158,55 +158,18 @@ def _teacher_import(args: argparse.Namespace) -> int:
 
 
 def _decompose(args: argparse.Namespace) -> int:
-    import torch
+    from coinfer.server.dekd.jobs import decompose_job
 
-    from coinfer.core.data import load_dataset
-    from coinfer.core.errors import InvalidInput
-    from coinfer.server.dekd.config import preset
-    from coinfer.server.dekd.parallel import is_main, world
-    from coinfer.server.dekd.partition import check_group_count
-    from coinfer.server.dekd.pipeline import decompose, validate
-    from coinfer.server.dekd.speeds import parse_device_speeds
-    from coinfer.server.dekd.teacher import check_compatible, load_teacher, train_default_teacher
-
-    world()  # under torchrun: a gloo group, the tensors stay on the CPU
-    # Cheap checks first: a bad request must fail before any data is read or model trained.
-    if isinstance(args.devices, bool) or args.devices < 2:
-        raise InvalidInput(f"--devices must be at least 2, got {args.devices}")
-    speeds = parse_device_speeds(args.device_speeds, args.devices)
-    _set_threads(args.threads)
-    for name in ("distill_epochs", "ensemble_epochs", "baseline_epochs"):
-        _check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
-    if args.macs_ratio is not None and not 0 < args.macs_ratio <= 1:
-        raise InvalidInput(f"--macs-ratio must be in (0, 1], got {args.macs_ratio}")
-    if args.out.exists() and not args.overwrite:
-        raise InvalidInput(f"{args.out} already exists; choose another folder or pass --overwrite")
-    teacher, teacher_meta = (None, {}) if args.teacher is None else load_teacher(args.teacher)
-    splits = load_dataset(args.dataset, args.data_dir, seed=args.seed)
-    check_group_count(splits.num_classes, args.devices)
-    if teacher is not None:
-        check_compatible(teacher.config, splits)
-        if teacher_meta.get("dataset") not in (None, splits.name):
-            log.warning("the teacher was trained on %r, decomposing on %r", teacher_meta["dataset"], splits.name)
-    config = preset(
-        "quick" if args.quick else "default", num_devices=args.devices, partition=args.partition,
-        device_speeds=tuple(speeds), seed=args.seed, baseline=not args.no_baseline, baseline_init=args.baseline_init,
-    )
-    if args.macs_ratio is not None:
-        config.macs_ratio = args.macs_ratio
-    for stage, value in (("distill", args.distill_epochs), ("ensemble", args.ensemble_epochs)):
-        if value is not None:
-            getattr(config, stage).loop.epochs = value
-    if args.baseline_epochs is not None and config.baseline is not None:
-        config.baseline.loop.epochs = args.baseline_epochs
     started = time.perf_counter()
-    if teacher is None:
-        teacher = train_default_teacher(splits, quick=args.quick, seed=args.seed)
-    validate(teacher, splits, config, args.out, args.overwrite)
-    torch.manual_seed(args.seed)
-    report = decompose(teacher, splits, config, out=args.out, overwrite=args.overwrite,
-                       metadata={"teacher_metadata": teacher_meta})
-    if report is None or not is_main():
+    report = decompose_job(
+        out=args.out, teacher=args.teacher, dataset=args.dataset, data_dir=args.data_dir, devices=args.devices,
+        device_speeds=args.device_speeds, partition=args.partition, budget="quick" if args.quick else args.budget,
+        macs_ratio=args.macs_ratio, distill_epochs=args.distill_epochs, ensemble_epochs=args.ensemble_epochs,
+        baseline_epochs=args.baseline_epochs, baseline=not args.no_baseline, baseline_init=args.baseline_init,
+        reference=not args.no_reference, hflip=args.hflip, seed=args.seed, device=args.device, threads=args.threads,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    if report is None:
         return 0
     print(summary(report))
     print(f"wrote {args.out} and {args.out / 'report.json'} in {time.perf_counter() - started:.0f} s")
@@ -232,5 +195,15 @@ def summary(report) -> str:
         )
     if s is not None:
         lines.append(f"single student ({s.init}) acc {s.accuracy:.4f}  {s.params:,} params  {s.latency_ms:.3f} ms")
+    if report.reference is not None:
+        ref = report.reference
+        lines.append(f"reference CNN ({ref.arch} x{ref.width_mult:g}) acc {ref.accuracy:.4f}  {ref.params:,} params  "
+                     f"{ref.macs:,} MACs  {ref.latency_ms:.3f} ms")
+    recipe = report.recipe
+    if recipe:
+        stages = recipe["stages"]
+        ens = stages["ensemble"]
+        lines.append(f"recipe: budget {recipe['budget']}, {recipe['train_images']:,} training images on {recipe['device']}"
+                     f" x {recipe['processes']}; ensemble {ens['steps']} steps ({ens['why']})")
     lines.append("stage seconds: " + json.dumps(report.stage_seconds))
     return "\n".join(lines)

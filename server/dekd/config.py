@@ -1,4 +1,4 @@
-"""Settings of a DEKD run, with the two presets the CLI and the benchmark use."""
+"""Settings of a DEKD run, and the preset of each named budget the CLI and the benchmark use."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from coinfer.core.errors import InvalidInput
+from coinfer.core.training import TrainConfig
 from coinfer.server.dekd.baseline import BaselineConfig
 from coinfer.server.dekd.distill import DistillConfig
 from coinfer.server.dekd.ensemble import EnsembleConfig
-from coinfer.server.dekd.loop import LoopConfig
 from coinfer.server.dekd.partition import PARTITION_METHODS
+from coinfer.server.dekd.recipes import BUDGET_NAMES, stage_loops
 
 
 @dataclass
@@ -38,6 +39,17 @@ class DecomposeConfig:
     """Joint training of sub-models and fusion on all data."""
     baseline: BaselineConfig | None = field(default_factory=BaselineConfig)
     """The single-student baseline; None skips it (its report entry is then null)."""
+    reference: TrainConfig | None = None
+    """The recipe of the reference CNN trained beside the teacher (None skips it)."""
+    online_teacher: bool = True
+    """Run the teacher on every training batch of every stage, which may then augment its images as
+    its loop says; False: the teacher's outputs are computed once per image and the images train
+    as they are (cheaper, no augmentation)."""
+    budget: str | None = None
+    """The named budget the stages' recipe was built from (recorded in the report)."""
+    device: str = "cpu"
+    """Where importance scoring, the teacher's targets and every training stage run ('cpu', 'cuda',
+    'auto'); it replaces the stage loops' own device. Evaluation, latency and the bundle are on the CPU."""
     latency_rounds: int = 5
     """Interleaved timing rounds per model."""
     latency_repeats: int = 20
@@ -77,19 +89,8 @@ class DecomposeConfig:
         return asdict(self)
 
 
-def _loops(distill: int, ensemble: int, baseline: int, progress: bool, batch: int, seed: int):
-    # Pruned students start far from any optimum and train briefly: a higher peak rate than
-    # DeViT's fine-tuning rates; the ensemble starts from a closed-form fusion and refines.
-    common = dict(batch_size=batch, warmup_epochs=0.3, seed=seed, progress=progress)
-    return (
-        LoopConfig(epochs=distill, lr=3e-3, desc="distill", **common),
-        LoopConfig(epochs=ensemble, lr=1e-3, desc="ensemble", **common),
-        LoopConfig(epochs=baseline, lr=2e-3, desc="single student", **common),
-    )
-
-
 def preset(
-    name: str,
+    budget: str = "default",
     num_devices: int = 4,
     partition: str = "affinity",
     device_speeds: tuple[float, ...] | None = None,
@@ -97,30 +98,35 @@ def preset(
     progress: bool = True,
     baseline: bool = True,
     baseline_init: str = "scratch",
+    hflip: bool = False,
+    device: str = "cpu",
+    reference: TrainConfig | None = None,
 ) -> DecomposeConfig:
-    """``"quick"`` (digits demo: seconds per stage) or ``"default"`` (a real run).
+    """The recipe of ``coinfer decompose --budget`` (:mod:`coinfer.server.dekd.recipes`): every
+    stage's budget named ``budget`` and resolved from its data, augmentation alike everywhere
+    (``hflip`` where the data allows mirroring), the teacher run on every batch.
 
-    The baseline gets the ensemble's training compute: distillation runs each sub-model on 1/N
-    of the images, so ``distill / N + ensemble`` epochs of a model of N sub-models' size.
+    ``quick`` also measures latency with fewer rounds and ranks units on fewer images (the demo
+    path); ``reference`` is the recipe of the reference CNN (None skips it).
     """
-    if name == "quick":
-        d, e, batch, samples, rounds, repeats = 16, 6, 64, 512, 3, 10
-    elif name == "default":
-        d, e, batch, samples, rounds, repeats = 6, 2, 128, 1024, 15, 30
-    else:
-        raise InvalidInput(f"unknown preset {name!r}; valid: quick, default")
-    b = max(1, round(d / max(1, num_devices) + e))
-    ld, le, lb = _loops(d, e, b, progress, batch, seed)
+    if budget not in BUDGET_NAMES:
+        raise InvalidInput(f"unknown budget {budget!r}; valid: {', '.join(BUDGET_NAMES)}")
+    quick = budget == "quick"
+    batch, samples, rounds, repeats = (64, 512, 3, 10) if quick else (128, 1024, 15, 30)
+    distill, ensemble, student = stage_loops(budget, hflip, batch, seed, progress, device)
     return DecomposeConfig(
         num_devices=num_devices,
         partition=partition,
         device_speeds=device_speeds,
         importance_samples=samples,
-        distill=DistillConfig(loop=ld),
-        ensemble=EnsembleConfig(loop=le),
-        baseline=BaselineConfig(loop=lb, init=baseline_init) if baseline else None,
+        distill=DistillConfig(loop=distill),
+        ensemble=EnsembleConfig(loop=ensemble),
+        baseline=BaselineConfig(loop=student, init=baseline_init) if baseline else None,
+        reference=reference,
         latency_rounds=rounds,
         latency_repeats=repeats,
         seed=seed,
         progress=progress,
+        budget=budget,
+        device=device,
     )

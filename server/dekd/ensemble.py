@@ -17,22 +17,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from coinfer.core.device import model_device
 from coinfer.core.errors import InvalidInput
 from coinfer.core.measure import accuracy
 from coinfer.core.models.vit import VisionTransformer
-from coinfer.core.training import TrainResult
+from coinfer.core.parallel import training_device
+from coinfer.core.training import Batch, TrainConfig, TrainResult, train_loop
 from coinfer.server.dekd.distill import kd_loss
 from coinfer.core.models.fusion import DeViTFusion
-from coinfer.server.dekd.loop import LoopConfig, train_indexed
-from coinfer.server.dekd.targets import TeacherTargets
+from coinfer.server.dekd.targets import TeacherSignal, TeacherTargets, as_signal, batch_images, teacher_placed
 
 
 @dataclass
 class EnsembleConfig:
     """Loss weights, device dropout and schedule of ensemble training."""
 
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=3, lr=1e-3, desc="ensemble"))
-    """Epochs, batch size, learning rate (of the fusion head) and warm-up."""
+    loop: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-3, warmup_epochs=0.3, desc="ensemble"))
+    """Budget, batch size, learning rate (of the fusion head), warm-up and label smoothing."""
     backbone_lr_scale: float = 0.3
     """Learning rate of the sub-model backbones relative to the fusion head's."""
     alpha: float = 0.5
@@ -41,8 +42,6 @@ class EnsembleConfig:
     """Weight of MSE(h, teacher CLS token)."""
     kd_temperature: float = 1.0
     """Softmax temperature of the KD term."""
-    label_smoothing: float = 0.1
-    """Cross-entropy label smoothing."""
     device_dropout: float = 0.2
     """Probability that a device's feature is marked missing for a training image (0 disables)."""
 
@@ -87,7 +86,7 @@ class DeViTEnsemble(nn.Module):
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         """Logits; every device present unless ``present`` says otherwise."""
         if present is None:
-            present = torch.ones(x.shape[0], self.num_devices, dtype=torch.bool)
+            present = torch.ones(x.shape[0], self.num_devices, dtype=torch.bool, device=x.device)
         return self.fuse(x, present)[1]
 
 
@@ -117,15 +116,17 @@ def init_fusion_from_teacher(
     if teacher.config.embed_dim != fusion.config.embed_dim or teacher.config.num_classes != fusion.config.num_classes:
         raise InvalidInput("the fusion head and the teacher disagree on width or classes")
     ensemble.eval()
-    feats = torch.cat([ensemble.features(x[i : i + 256]) for i in range(0, len(x), 256)]).double()
+    device = model_device(ensemble)
+    feats = torch.cat([ensemble.features(x[i : i + 256].to(device)) for i in range(0, len(x), 256)]).double()
     mean = feats.mean(dim=0)
     centred = feats - mean
-    target = teacher_cls.double()
+    target = teacher_cls.to(device).double()
     target_mean = target.mean(dim=0)
     # Ridge regression on centred data, lambda scaled to the features' energy so it is unit-free.
     gram = centred.T @ centred
     lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
-    weight = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), centred.T @ (target - target_mean))
+    eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    weight = torch.linalg.solve(gram + lam * eye, centred.T @ (target - target_mean))
     fusion.map.weight.copy_(weight.T.float())
     fusion.map.bias.copy_((target_mean - mean @ weight).float())
     fusion.missing.copy_(mean.float())
@@ -145,59 +146,71 @@ def strip_head(model: VisionTransformer) -> VisionTransformer:
 
 def sample_presence(batch: int, devices: int, dropout: float, generator: torch.Generator) -> torch.Tensor:
     """(batch, devices) mask: each device missing with probability ``dropout``, never all of them."""
-    present = torch.rand(batch, devices, generator=generator) >= dropout
-    none = ~present.any(dim=1)
-    if none.any():
-        keep = torch.randint(0, devices, (int(none.sum()),), generator=generator)
-        present[none.nonzero().flatten(), keep] = True
-    return present
+    present = torch.rand(batch, devices, generator=generator, device=generator.device) >= dropout
+    # An image that lost every device keeps one at random; drawn for every row and applied where
+    # needed, so nothing waits for the device to say whether any row needs it.
+    keep = torch.randint(0, devices, (batch,), generator=generator, device=generator.device)
+    rescue = F.one_hot(keep, devices).bool() & ~present.any(dim=1, keepdim=True)
+    return present | rescue
 
 
 @torch.no_grad()
 def ensemble_accuracy(
     ensemble: DeViTEnsemble, x: torch.Tensor, y: torch.Tensor, missing: Sequence[int] = (), batch_size: int = 256
 ) -> float:
-    """Top-1 accuracy with the devices in ``missing`` marked missing for every image."""
+    """Top-1 accuracy with the devices in ``missing`` marked missing for every image (batches go
+    to the device holding the ensemble)."""
     ensemble.eval()
+    device = model_device(ensemble)
     outs = []
     for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size]
-        present = torch.ones(len(xb), ensemble.num_devices, dtype=torch.bool)
+        xb = x[start : start + batch_size].to(device)
+        present = torch.ones(len(xb), ensemble.num_devices, dtype=torch.bool, device=device)
         present[:, list(missing)] = False
-        outs.append(ensemble(xb, present))
+        outs.append(ensemble(xb, present).float().cpu())
     if not outs:
         return 0.0
-    return accuracy(torch.cat(outs).numpy(), y.numpy())
+    return accuracy(torch.cat(outs).numpy(), y.cpu().numpy())
 
 
 def train_ensemble(
     ensemble: DeViTEnsemble,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
-    targets: TeacherTargets,
+    targets: TeacherTargets | TeacherSignal,
     x_val: torch.Tensor,
     y_val: torch.Tensor,
     config: EnsembleConfig,
 ) -> TrainResult:
-    """Fine-tune sub-models and fusion jointly; validation accuracy with every device present."""
-    if targets.cls is None:
+    """Fine-tune sub-models and fusion jointly; validation accuracy with every device present.
+
+    ``targets``: the teacher's logits and CLS tokens on ``x_train`` (cached: the images train as they
+    are), or a signal running the teacher on every augmented batch. Trains on ``config.loop.device``.
+    """
+    signal = as_signal(targets)
+    if signal.cached is not None and signal.cached.cls is None:
         raise InvalidInput("ensemble training needs the teacher's CLS tokens")
-    if targets.cls.shape[1] != ensemble.fusion.config.embed_dim:
+    width = signal.cached.cls.shape[1] if signal.cached is not None else signal.teacher.config.embed_dim
+    if width != ensemble.fusion.config.embed_dim:
         raise InvalidInput(
-            f"the fusion head maps to width {ensemble.fusion.config.embed_dim}, the teacher's CLS token has "
-            f"{targets.cls.shape[1]}"
+            f"the fusion head maps to width {ensemble.fusion.config.embed_dim}, the teacher's CLS token has {width}"
         )
+    device = training_device(config.loop.device)
+    signal = signal.to(device)
+    x_train, y_train, x_val = x_train.to(device), y_train.to(device), x_val.to(device)
     wrapper = _TrainForward(ensemble)
     a = config.alpha
     n = ensemble.num_devices
 
-    def loss_fn(module: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        present = sample_presence(len(idx), n, config.device_dropout, generator)
-        h, logits = module(x_train[idx], present)
-        loss = (1 - a) * F.cross_entropy(logits, y_train[idx], label_smoothing=config.label_smoothing)
-        loss = loss + a * kd_loss(logits, targets.logits[idx], config.kd_temperature)
+    def loss_fn(module: nn.Module, batch: Batch) -> torch.Tensor:
+        images = batch_images(signal, x_train[batch.index], config.loop, batch)
+        teacher = signal(images.x, batch.index, with_cls=True)
+        present = sample_presence(len(batch.index), n, config.device_dropout, batch.generator)
+        h, logits = module(images.x, present)
+        ce = images.mix(lambda y: F.cross_entropy(logits, y, label_smoothing=config.loop.label_smoothing), y_train[batch.index])
+        loss = (1 - a) * ce + a * kd_loss(logits, teacher.logits, config.kd_temperature)
         if config.mse_weight:
-            loss = loss + config.mse_weight * F.mse_loss(h, targets.cls[idx])
+            loss = loss + config.mse_weight * F.mse_loss(h.float(), teacher.cls)
         return loss
 
     def evaluate(module: nn.Module) -> float:
@@ -207,4 +220,5 @@ def train_ensemble(
         (list(ensemble.fusion.parameters()), 1.0),
         (list(ensemble.submodels.parameters()), config.backbone_lr_scale),
     ]
-    return train_indexed(wrapper, len(x_train), loss_fn, evaluate, config.loop, param_groups=groups)
+    with teacher_placed(signal, device):
+        return train_loop(wrapper, len(x_train), loss_fn, config.loop, evaluate, param_groups=groups)

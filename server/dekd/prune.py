@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from coinfer.core.device import model_device
 from coinfer.core.errors import InvalidInput
 from coinfer.core.models.vit import VisionTransformer, ViTConfig
 
@@ -99,7 +100,8 @@ def unit_importance(
     ``classes`` restricts the loss to those logits (a device's group); ``labels`` then index
     into ``classes``. The model's weights are not changed. Each batch's gradient is summed over
     micro-batches small enough for IMPORTANCE_ACTIVATION_BYTES (:func:`importance_batch_size`),
-    so the scores are those of whole batches of ``batch_size`` whatever the image size.
+    so the scores are those of whole batches of ``batch_size`` whatever the image size. It runs
+    where the model is (the images and labels go there); the scores come back as numpy arrays.
     """
     if len(x) == 0 or len(x) != len(labels):
         raise InvalidInput(f"importance needs images and as many labels, got {len(x)} and {len(labels)}")
@@ -110,11 +112,13 @@ def unit_importance(
     micro = importance_batch_size(cfg, batch_size)
     was_training = model.training
     model.eval()
-    head_gates = torch.ones(D, H, requires_grad=True)
-    neuron_gates = [torch.ones(cfg.mlp_hidden(i), requires_grad=True) for i in range(D)]
-    block_sum = [torch.zeros(cfg.num_tokens, cfg.embed_dim) for _ in range(D)]
-    head_score = torch.zeros(D, H)
-    neuron_score = [torch.zeros(cfg.mlp_hidden(i)) for i in range(D)]
+    device = model_device(model)
+    x, labels = x.to(device), labels.to(device)
+    head_gates = torch.ones(D, H, requires_grad=True, device=device)
+    neuron_gates = [torch.ones(cfg.mlp_hidden(i), requires_grad=True, device=device) for i in range(D)]
+    block_sum = [torch.zeros(cfg.num_tokens, cfg.embed_dim, device=device) for _ in range(D)]
+    head_score = torch.zeros(D, H, device=device)
+    neuron_score = [torch.zeros(cfg.mlp_hidden(i), device=device) for i in range(D)]
     hooks = []
 
     def gate_heads(i):
@@ -162,8 +166,8 @@ def unit_importance(
     blocks = _block_scores(model, x[:block_samples], labels[:block_samples], classes, block_mean, micro)
     model.train(was_training)
     return UnitImportance(
-        heads=head_score.numpy(),
-        neurons=[s.numpy() for s in neuron_score],
+        heads=head_score.cpu().numpy(),
+        neurons=[s.cpu().numpy() for s in neuron_score],
         blocks=blocks,
     )
 

@@ -95,6 +95,24 @@ class StudentFigures:
 
 
 @dataclass
+class ReferenceFigures:
+    """A plain small CNN trained with the teacher's recipe: a teacher below it is a weak teacher."""
+
+    arch: str
+    """Architecture name (``coinfer.core.models``)."""
+    width_mult: float
+    """Channel width multiplier."""
+    accuracy: float
+    """Top-1 on the test split."""
+    params: int
+    """Parameter count."""
+    macs: int
+    """Multiply-accumulates per image."""
+    latency_ms: float
+    """Batch-1, one-thread latency on this machine."""
+
+
+@dataclass
 class DEKDReport:
     """Everything one ``coinfer decompose`` run measured."""
 
@@ -124,6 +142,12 @@ class DEKDReport:
     """Wall time of each pipeline stage."""
     config: dict[str, Any] = field(default_factory=dict)
     """The settings of the run."""
+    reference: ReferenceFigures | None = None
+    """The reference CNN; None when the run skipped it."""
+    recipe: dict[str, Any] = field(default_factory=dict)
+    """What trained and why: the budget, the training images, the device and processes, the
+    teacher's recipe when known, and per stage the steps the budget resolved to from the data
+    (``why``), the steps taken, the samples seen and where early stopping ended it."""
     schema: str = SCHEMA
     """Report format identifier."""
 

@@ -48,12 +48,6 @@ PRESETS: dict[str, TeacherPreset] = {
 }
 """Teacher sizes offered by ``coinfer teacher train --arch``."""
 
-DEFAULT_TEACHER = dict(arch="vit-tiny", epochs=10, lr=1e-3, batch_size=128, drop_path_rate=0.1)
-"""The teacher ``decompose`` trains first when it is given none."""
-QUICK_TEACHER = dict(arch="vit-nano", epochs=30, lr=3e-3, batch_size=32, drop_path_rate=0.0)
-"""The same for ``decompose --quick`` (the digits demo path)."""
-
-
 def default_patch_size(image_size: int) -> int:
     """16 for images of 64 pixels and more (the usual ViT), else a quarter of the side (4 x 4 patches)."""
     if image_size >= 64 and image_size % 16 == 0:
@@ -114,45 +108,6 @@ def train_teacher(splits, config, train):
     model = VisionTransformer(config)
     result = train_classifier(model, splits, train)  # leaves the model on the CPU, in evaluation mode
     return model, result
-
-
-def train_default_teacher(splits, quick: bool = False, seed: int = 0):
-    """The teacher DEKD starts from when it is given none: `DEFAULT_TEACHER` (or `QUICK_TEACHER`) trained on ``splits``.
-
-    Returns the model (on the CPU, in evaluation mode). ``coinfer decompose`` and
-    ``coinfer.decompose`` call this when no teacher is given.
-    """
-    from coinfer.core.training import TrainConfig
-    from coinfer.server.dekd.parallel import is_main
-
-    recipe = QUICK_TEACHER if quick else DEFAULT_TEACHER
-    if is_main():
-        log.info("no teacher given: training a %s teacher on %s first (%d epochs)", recipe["arch"], splits.name, recipe["epochs"])
-    config = teacher_config(recipe["arch"], splits.image_shape, splits.num_classes, drop_path_rate=recipe["drop_path_rate"])
-    train = TrainConfig(epochs=recipe["epochs"], lr=recipe["lr"], batch_size=recipe["batch_size"], warmup_epochs=2, seed=seed, desc="teacher")
-    model, _ = train_teacher(splits, config, train)
-    return model
-
-
-def trained_metadata(model, splits, arch: str, result, test_accuracy: float, train_seconds: float, device: str) -> dict[str, Any]:
-    """The metadata of a trained teacher's folder: its data, size, accuracies and training record."""
-    import torch
-
-    return {
-        "dataset": splits.name,
-        "class_names": list(splits.class_names),
-        "image_shape": list(splits.image_shape),
-        "arch": arch,
-        "val_accuracy": result.best_val_accuracy,
-        "test_accuracy": test_accuracy,
-        "best_epoch": result.best_epoch,
-        "val_accuracy_per_epoch": result.val_accuracy_per_epoch,
-        "train_seconds": round(train_seconds, 1),
-        "train_device": device,
-        "macs": model.macs(),
-        "params": model.num_params(),
-        "torch_version": torch.__version__,
-    }
 
 
 def check_compatible(config, splits) -> None:

@@ -54,6 +54,7 @@ def config_from_args(args: argparse.Namespace):
     """The SplitConfig an argument namespace asks for (``--quick`` first, explicit flags on top)."""
     import dataclasses
 
+    from coinfer.core.training import with_loop
     from coinfer.server.split.backbones import check_backbone
     from coinfer.server.split.pipeline import SplitConfig, quick_config
 
@@ -75,12 +76,12 @@ def config_from_args(args: argparse.Namespace):
     backbone_train = dataclasses.replace(config.backbone_train, progress=progress, device=device)
     if args.epochs is not None:
         backbone_train = dataclasses.replace(backbone_train, epochs=args.epochs)
-    bottleneck_train = dataclasses.replace(config.bottleneck_train, progress=progress, device=device)
+    bottleneck_train = with_loop(config.bottleneck_train, progress=progress, device=device)
     if args.recon_steps is not None:
         bottleneck_train = dataclasses.replace(bottleneck_train, recon_steps=args.recon_steps)
     if args.distill_steps is not None:
         bottleneck_train = dataclasses.replace(bottleneck_train, distill_steps=args.distill_steps)
-    finetune = dataclasses.replace(config.finetune, progress=progress, device=device)
+    finetune = with_loop(config.finetune, progress=progress, device=device)
     if args.finetune_steps is not None:
         finetune = dataclasses.replace(finetune, steps=args.finetune_steps)
     changes.update(backbone_train=backbone_train, bottleneck_train=bottleneck_train, finetune=finetune)

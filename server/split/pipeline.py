@@ -22,7 +22,7 @@ import numpy as np
 from coinfer.core.codec import encode, to_bytes
 from coinfer.core.data import DatasetSplits, load_dataset, to_float
 from coinfer.core.errors import InvalidInput, NotFound
-from coinfer.core.training import TrainConfig
+from coinfer.core.training import TrainConfig, with_loop
 from coinfer.server.split.backbones import backbone_config, check_backbone, load_weights
 from coinfer.server.split.report import CandidateReport, PointReport, SplitReport
 from coinfer.server.split.train import (
@@ -90,7 +90,7 @@ def quick_config(**overrides) -> SplitConfig:
     config = SplitConfig(
         dataset="digits",
         backbone_train=TrainConfig(epochs=12, lr=3e-3, batch_size=64, desc="backbone"),
-        bottleneck_train=BottleneckTrainConfig(recon_steps=120, distill_steps=60, batch_size=64),
+        bottleneck_train=with_loop(BottleneckTrainConfig(recon_steps=120, distill_steps=60), batch_size=64),
         latency_repeats=15,
     )
     return dataclasses.replace(config, **overrides)
@@ -130,8 +130,8 @@ def _check(config: SplitConfig) -> None:
     from coinfer.core.device import resolve_device
 
     # Before any data loads: a bad device, or cuda without a GPU, fails here and says so.
-    for part in (config.backbone_train, config.bottleneck_train, config.finetune):
-        resolve_device(part.device)
+    for loop in (config.backbone_train, config.bottleneck_train.loop, config.finetune.loop):
+        resolve_device(loop.device)
 
 
 def prepare_backbone(config: SplitConfig, splits: DatasetSplits):
@@ -189,7 +189,7 @@ def run_split(config: SplitConfig, out: str | Path) -> SplitReport:
     train_cfg = config.bottleneck_train
     if not train_cfg.qat_bits:
         train_cfg = dataclasses.replace(train_cfg, qat_bits=(config.bits,))
-    train_cfg = dataclasses.replace(train_cfg, seed=config.seed)
+    train_cfg = with_loop(train_cfg, seed=config.seed)
     last = model.num_points - 1
     sample_image = splits.test.x[:1]
     point_parts: list[PointParts] = []
@@ -197,7 +197,7 @@ def run_split(config: SplitConfig, out: str | Path) -> SplitReport:
     for p in resolved:
         t0 = time.perf_counter()
         feats: PointFeatures = compute_point_features(model, p, splits, config.max_train_images, config.seed,
-                                                      device=train_cfg.device)
+                                                      device=train_cfg.loop.device)
         tail = model.segment(p, last)
         fp32 = sizing.fp32_bytes(feats.feature_shape)
         best = None
@@ -220,7 +220,7 @@ def run_split(config: SplitConfig, out: str | Path) -> SplitReport:
         _, design, bcfg, ae, test = best
         head = model.segment(0, p)
         if config.finetune.steps > 0:
-            ft = dataclasses.replace(config.finetune, seed=config.seed)
+            ft = with_loop(config.finetune, seed=config.seed)
             head, tail = finetune_point(model, ae, p, splits, config.bits, ft, desc=f"point {p} finetune")
             test = evaluate_bottleneck(ae, tail, run_batches(head, x_test), feats.test_labels, config.bits,
                                        config.compress)

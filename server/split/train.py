@@ -19,29 +19,30 @@ Evaluation sends every test image's latent through the real codec as its own mes
 Head features of a point are computed once (:class:`PointFeatures`) and shared by every
 bottleneck trained there.
 
-Training may run on a GPU (``device``); features stay on the CPU and move a minibatch at a time,
-the frozen networks run as copies on the device (the backbone itself never leaves the CPU), and
-every trained module comes back on the CPU, where evaluation through the codec runs.
+Both trainings run through the shared loop (:func:`coinfer.core.training.train_loop`), each
+stage config holding its :class:`~coinfer.core.training.TrainConfig`. Training may run on a GPU
+(``loop.device``); features stay on the CPU and move a minibatch at a time, the frozen networks
+run as copies on the device (the backbone itself never leaves the CPU), and every trained module
+comes back on the CPU, where evaluation through the codec runs.
 """
 
 from __future__ import annotations
 
 import copy
-import math
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from coinfer.core.data import DatasetSplits, ImageDataset, to_float
 from coinfer.core.device import model_device, resolve_device
 from coinfer.core.errors import InvalidInput
 from coinfer.core.models.autoencoders import Bottleneck, BottleneckConfig, fake_quantise
 from coinfer.core.split_point import codec_round_trip
-from coinfer.core.training import cosine_lr
+from coinfer.core.training import Batch, TrainConfig, train_loop
 
 _CACHE_FP16_BYTES = 512 << 20
 """Training features above this size are cached as float16 (evaluation features stay float32)."""
@@ -51,20 +52,17 @@ _CACHE_FP16_BYTES = 512 << 20
 class BottleneckTrainConfig:
     """How to train one bottleneck with the backbone frozen."""
 
+    loop: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-2, weight_decay=1e-4, desc="bottleneck"))
+    """Batch size (features per step), peak learning rate of design "ours", weight decay, seed,
+    progress and device; the budget and warm-up come from the steps below (5% of them warm up)."""
     recon_steps: int = 300
     """Optimiser steps on the reconstruction loss alone (the tail does not run)."""
     distill_steps: int = 100
     """Optimiser steps on reconstruction + distillation through the frozen tail."""
-    batch_size: int = 128
-    """Features per step."""
-    lr: float = 1e-2
-    """Peak AdamW learning rate of design "ours" (linear warm-up over 5% of the steps, then cosine decay)."""
     paper_lr: float = 0.1
     """Peak learning rate of the paper's linear bottleneck: the paper's own value. Without
     normalisation it learns far slower; on digits at point 1, 140 steps at 2e-3 / 1e-2 / 3e-2 / 0.1
     gave 9% / 20% / 54% / 67% accuracy."""
-    weight_decay: float = 1e-4
-    """AdamW weight decay."""
     recon_weight: float = 1.0
     """Weight of the SmoothL1 reconstruction loss."""
     kd_weight: float = 1.0
@@ -75,34 +73,20 @@ class BottleneckTrainConfig:
     """Weight of cross-entropy on the labels during distillation steps."""
     qat_bits: tuple[int, ...] = ()
     """Codec bit widths put in the loop for design "ours", taking turns step by step; () = none."""
-    seed: int = 0
-    """Seeds initialisation and batch order."""
-    progress: bool = True
-    """Show a progress bar."""
-    device: str = "cpu"
-    """Where training runs: 'cpu', 'cuda' (or 'cuda:N') or 'auto'; the bottleneck comes back on the CPU."""
 
 
 @dataclass
 class FinetuneConfig:
     """Optional joint fine-tuning of head, bottleneck and tail at one point."""
 
+    loop: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, weight_decay=0.0, desc="finetune"))
+    """Batch size (images per step), learning rate (cosine decay), seed, progress and device; the budget is ``steps``."""
     steps: int = 0
     """Optimiser steps; 0 skips fine-tuning."""
-    batch_size: int = 128
-    """Images per step."""
-    lr: float = 1e-4
-    """AdamW learning rate (cosine decay)."""
     kd_weight: float = 0.5
     """Weight of distillation to the original backbone (the rest goes to cross-entropy)."""
     kd_temperature: float = 2.0
     """Softmax temperature of the distillation loss."""
-    seed: int = 0
-    """Seeds batch order."""
-    progress: bool = True
-    """Show a progress bar."""
-    device: str = "cpu"
-    """Where fine-tuning runs: 'cpu', 'cuda' (or 'cuda:N') or 'auto'; the parts come back on the CPU."""
 
 
 @dataclass
@@ -220,62 +204,41 @@ def train_bottleneck(
 ) -> tuple[Bottleneck, TrainLog]:
     """A trained bottleneck for ``features``; ``tail`` (frozen here) maps the feature to logits.
 
-    Training runs on ``train.device``: the bottleneck and a copy of the tail go there, features move
-    a minibatch at a time; the bottleneck is returned on the CPU and ``tail`` itself never moves.
+    Training runs on ``train.loop.device``: the bottleneck and a copy of the tail go there, features
+    move a minibatch at a time; the bottleneck is returned on the CPU and ``tail`` itself never moves.
     """
     if features.feature_shape != config.feature_shape(1):
         raise InvalidInput(f"bottleneck expects features {config.feature_shape(1)}, point gives {features.feature_shape}")
     for bits in train.qat_bits:
         if bits not in (8, 4, 2):
             raise InvalidInput(f"qat_bits must be 8, 4 or 2, got {bits}")
-    device = resolve_device(train.device)
-    torch.manual_seed(train.seed)
-    ae = Bottleneck(config).to(device)  # initialised on the CPU, so a seed gives the same start everywhere
+    device = resolve_device(train.loop.device)
+    torch.manual_seed(train.loop.seed)
+    ae = Bottleneck(config)  # initialised on the CPU, so a seed gives the same start everywhere
     run_tail = _freeze(_device_copy(_freeze(tail), device))
     qat = train.qat_bits if config.design == "ours" else ()
-    params = list(ae.parameters())
-    peak_lr = train.paper_lr if config.design == "paper" else train.lr
-    optimiser = torch.optim.AdamW(params, lr=peak_lr, weight_decay=train.weight_decay)
     total = train.recon_steps + train.distill_steps
-    warmup = max(1, total // 20)
-    generator = torch.Generator().manual_seed(train.seed)
-    n = len(features.train)
-    log = TrainLog()
-    losses: list[torch.Tensor] = []  # kept on the device and read once at the end: no sync per step
-    order = torch.randperm(n, generator=generator)
-    cursor = 0
-    bar = tqdm(total=total, desc=desc, disable=not train.progress, leave=False)
-    ae.train()
-    for step in range(total):
-        if cursor + train.batch_size > n:
-            order, cursor = torch.randperm(n, generator=generator), 0
-        idx = order[cursor : cursor + train.batch_size]
-        cursor += train.batch_size
+
+    def loss_fn(module: nn.Module, batch: Batch) -> torch.Tensor:
+        idx = batch.cpu_index  # the features stay on the CPU (they may be large) and move a batch at a time
         f = features.train[idx].to(device).float()  # float16 crosses to the GPU at half the bytes
-        bits = qat[step % len(qat)] if qat else 0
-        restored = ae(f, bits)
+        restored = module(f, qat[batch.step % len(qat)] if qat else 0)
         loss = train.recon_weight * F.smooth_l1_loss(restored / features.scale, f / features.scale)
-        distilling = step >= train.recon_steps
-        if distilling:
+        if batch.step >= train.recon_steps:
             logits = run_tail(restored)
             teacher = features.train_teacher[idx].to(device)
             loss = loss + train.kd_weight * distillation_loss(logits, teacher, train.kd_temperature)
             if train.ce_weight:
                 loss = loss + train.ce_weight * F.cross_entropy(logits, features.train_labels[idx].to(device))
-        for group in optimiser.param_groups:
-            group["lr"] = cosine_lr(step, total, warmup, peak_lr)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.detach())
-        bar.update(1)
-        if step % 20 == 0 and train.progress:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    bar.close()
-    values = torch.stack(losses).cpu().tolist() if losses else []
-    log.recon_loss, log.distill_loss = values[: train.recon_steps], values[train.recon_steps :]
-    ae.eval()
-    return ae.cpu(), log
+        return loss
+
+    loop = dataclasses.replace(
+        train.loop, steps=total, warmup_fraction=0.05, desc=desc,
+        lr=train.paper_lr if config.design == "paper" else train.loop.lr,
+    )
+    result = train_loop(ae, len(features.train), loss_fn, loop)
+    losses = result.train_loss_per_step
+    return ae, TrainLog(recon_loss=losses[: train.recon_steps], distill_loss=losses[train.recon_steps :])
 
 
 @dataclass(frozen=True)
@@ -330,54 +293,37 @@ def finetune_point(
     """Jointly fine-tune a copy of the backbone's head and tail with ``ae`` (in place).
 
     Returns the fine-tuned (head, tail) segments; the backbone itself is not changed. BatchNorm
-    statistics stay frozen so the few steps cannot drift them. Training runs on ``config.device``;
-    the segments and ``ae`` are returned on the CPU.
+    statistics stay frozen so the few steps cannot drift them. Training runs on
+    ``config.loop.device``; the segments and ``ae`` are returned on the CPU.
     """
-    device = resolve_device(config.device)
-    ae.to(device)
-    try:
-        return _finetune_on_device(backbone, ae, point, splits, bits, config, desc, device)
-    finally:
-        ae.cpu()
-
-
-def _finetune_on_device(backbone, ae: Bottleneck, point: int, splits: DatasetSplits, bits: int,
-                        config: FinetuneConfig, desc: str, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """The body of :func:`finetune_point`, with ``ae`` already on ``device``."""
+    device = resolve_device(config.loop.device)
     teacher = _freeze(copy.deepcopy(backbone).to(device))
-    student = copy.deepcopy(backbone).to(device)
-    head, tail = student.segment(0, point), student.segment(point, student.num_points - 1)
+    student = copy.deepcopy(backbone)
     for p in student.parameters():
         p.requires_grad_(True)
-    params = list(student.parameters()) + list(ae.parameters())
-    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    x_train, y_train = splits.train.tensors()
-    generator = torch.Generator().manual_seed(config.seed)
-    bar = tqdm(total=config.steps, desc=desc, disable=not config.progress, leave=False)
-    for step in range(config.steps):
-        idx = torch.randint(0, len(x_train), (config.batch_size,), generator=generator)
-        x, y = x_train[idx].to(device), y_train[idx].to(device)
-        student.eval()  # frozen BatchNorm statistics; weights still learn
-        ae.eval()
+    joint = nn.ModuleDict({"student": student, "ae": ae})
+    x_train, y_train = (t.to(device) for t in splits.train.tensors())
+    a = config.kd_weight
+
+    def loss_fn(module: nn.Module, batch: Batch) -> torch.Tensor:
+        x, y = x_train[batch.index], y_train[batch.index]
+        net, bottleneck = module["student"], module["ae"]
+        net.eval()  # frozen BatchNorm statistics; weights still learn
+        bottleneck.eval()
         with torch.no_grad():
             target = teacher(x)
-        latent = ae.encoder(head(x))
+        latent = bottleneck.encoder(net.segment(0, point)(x))
         if bits:
             latent = fake_quantise(latent, bits)
-        logits = tail(ae.decoder(latent))
-        a = config.kd_weight
-        loss = (1 - a) * F.cross_entropy(logits, y) + a * distillation_loss(logits, target, config.kd_temperature)
-        for group in optimiser.param_groups:
-            group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, config.steps)))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        bar.update(1)
-    bar.close()
+        logits = net.segment(point, net.num_points - 1)(bottleneck.decoder(latent))
+        return (1 - a) * F.cross_entropy(logits, y) + a * distillation_loss(logits, target, config.kd_temperature)
+
+    if config.steps > 0:
+        loop = dataclasses.replace(config.loop, steps=config.steps, warmup_fraction=0.0, desc=desc)
+        train_loop(joint, len(x_train), loss_fn, loop)  # leaves student and ae on the CPU
     for p in student.parameters():
         p.requires_grad_(False)
-    student.cpu()
-    # Fresh segments of the CPU student: ones made before the move could hold stale buffer references.
+    # Fresh segments of the CPU student: ones made before a move could hold stale buffer references.
     head, tail = student.segment(0, point), student.segment(point, student.num_points - 1)
     return head.eval(), tail.eval()
 

@@ -10,7 +10,8 @@ from torch import nn
 
 from coinfer.core.data import load_dataset
 from coinfer.core.errors import InvalidInput
-from coinfer.core.training import TrainConfig, cpu_state_dict, evaluate, train_classifier, training_device
+from coinfer.core.parallel import training_device
+from coinfer.core.training import TrainConfig, cpu_state_dict, evaluate, train_classifier
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error given on a machine without a GPU")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -1,7 +1,8 @@
 """One DEKD stage under torchrun (run by test_dekd_ddp.py): sub-task distillation of one sub-model.
 
 Every rank writes what it saw to OUT/rank{r}.json: the gathered teacher targets checked against a
-local computation, its training curve and a checksum of the trained weights.
+local computation, its training curve, the steps and samples its training took, and a checksum of
+the trained weights. Run without torchrun, it writes the same for one process.
 """
 
 import json
@@ -14,8 +15,8 @@ from coinfer.core.data import load_dataset
 from coinfer.core.measure import accuracy, predict
 from coinfer.core.models.vit import VisionTransformer, ViTConfig
 from coinfer.server.dekd.distill import DistillConfig, distill_submodel, group_rows
-from coinfer.server.dekd.loop import LoopConfig
-from coinfer.server.dekd.parallel import world
+from coinfer.core.training import TrainConfig
+from coinfer.core.parallel import world
 from coinfer.server.dekd.prune import PrunePlan, build_pruned_vit
 from coinfer.server.dekd.targets import compute_targets
 
@@ -45,13 +46,14 @@ def main(out: Path) -> None:
     before = accuracy(predict(student, xv[vidx]), vlocal.numpy())
     result = distill_submodel(
         student, x[idx], local, targets, xv[vidx], vlocal,
-        DistillConfig(loop=LoopConfig(epochs=3, batch_size=32, lr=3e-3, progress=False)),
+        DistillConfig(loop=TrainConfig(epochs=3, batch_size=32, lr=3e-3, warmup_epochs=0.3, progress=False)),
     )
     checksum = float(sum(p.double().sum() for p in student.parameters()))
     (out / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "world": size, "gathered_ok": bool(gathered_ok),
         "losses": result.train_loss_per_epoch, "val": result.val_accuracy_per_epoch,
-        "before": before, "checksum": checksum,
+        "before": before, "checksum": checksum, "steps": result.steps, "samples_seen": result.samples_seen,
+        "planned_steps": result.plan.steps,
     }))
 
 

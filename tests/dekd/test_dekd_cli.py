@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from coinfer.cli import main
+from coinfer.core.data import load_dataset
 from coinfer.core.devit_bundle import load_devit
-from quantised import assert_accuracy_reproduced
 
-FAST = ["--quick", "--distill-epochs", "2", "--ensemble-epochs", "1", "--baseline-epochs", "1", "--threads", "1"]
+FAST = ["--quick", "--distill-epochs", "2", "--ensemble-epochs", "1", "--baseline-epochs", "1", "--threads", "1", "--no-progress"]
+"""Short stages; the fixture's run keeps the reference CNN, the bad-input runs never get that far."""
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,24 @@ def test_decompose_writes_a_bundle_and_a_complete_report(decomposed, digits):
     assert min(len(g) for g in report["partition"][:2]) >= max(len(g) for g in report["partition"][2:])
     # same total parameters for the baseline (within 5 %)
     assert abs(report["single_student"]["params"] - ens["params"]) <= 0.05 * ens["params"]
+
+
+def test_the_report_records_the_recipe_that_ran_and_the_reference_cnn(decomposed, digits):
+    report = json.loads((decomposed / "report.json").read_text())
+    recipe = report["recipe"]
+    assert recipe["budget"] == "quick" and recipe["train_images"] == len(digits.train) and recipe["processes"] == 1
+    assert recipe["device"] == "cpu" and recipe["online_teacher"] is True
+    stages = recipe["stages"]
+    assert len(stages["distill"]) == 4 and all(s["epochs"] == 2 and s["budget"] is None for s in stages["distill"])
+    # digits are not mirrored; mixing as DeViT
+    assert all(s["hflip"] is None and s["mixup_alpha"] == 0.8 for s in [*stages["distill"], stages["ensemble"]])
+    ref = stages["reference cnn"]
+    assert ref["budget"] == {"name": "quick", "scale": 1.0} and "sqrt" in ref["why"] and ref["steps"] >= ref["planned_steps"] // 2
+    # --baseline-epochs replaces the equal-compute budget of the single student
+    student = stages["single student"]
+    assert student["epochs"] == 1 and student["planned_steps"] == -(-len(digits.train) // 64)
+    assert report["reference"]["arch"] == "vgg11" and 0.0 <= report["reference"]["accuracy"] <= 1.0
+    assert report["reference"]["params"] > 0 and report["reference"]["latency_ms"] > 0
 
 
 def test_the_bundle_rebuilds_the_ensemble_and_fuses_with_a_device_missing(decomposed, digits):
@@ -86,11 +105,26 @@ def _fails(args, capsys, *needles):
         (["--device-speeds", "1,fast,1,1"], ["'fast' is neither a positive number"]),
         (["--device-speeds", "1,1"], ["2 speed(s) for 4 devices"]),
         (["--partition", "affinity", "--macs-ratio", "2"], ["--macs-ratio"]),
+        pytest.param(["--device", "cuda"], ["no CUDA GPU"],
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of cuda without a GPU")),
     ],
 )
 def test_bad_requests_fail_before_anything_is_written(tiny_teacher_dir, tmp_path, capsys, extra, needles):
     out = tmp_path / "never"
     _fails(["decompose", "--teacher", str(tiny_teacher_dir), "--out", str(out), *FAST, *extra], capsys, *needles)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_budget_that_cannot_fit_one_epoch_is_refused_before_anything_is_written(tiny_teacher_dir, tmp_path, capsys,
+                                                                                  monkeypatch):
+    from coinfer.core import training
+
+    monkeypatch.setitem(training.BUDGETS, "quick", 0.1)  # 0.18 epochs of digits' 1,259 training images
+    out = tmp_path / "never"
+    _fails(["decompose", "--teacher", str(tiny_teacher_dir), "--out", str(out), "--quick", "--threads", "1"], capsys,
+           "budget 'quick' fits 0.18 of one epoch of 1,259 training images")
+    _fails(["teacher", "train", "--budget", "quick", "--out", str(out)], capsys, "fits 0.18 of one epoch")
+    _fails(["teacher", "train", "--steps", "3", "--out", str(out)], capsys, "3 steps cannot fit one epoch of 1,259 samples")
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -130,12 +164,14 @@ def test_teacher_train_and_import_commands(tmp_path, capsys):
 
     out = tmp_path / "t"
     assert main(["teacher", "train", "--dataset", "digits", "--arch", "vit-nano", "--epochs", "1", "--batch-size", "64",
-                 "--depth", "1", "--out", str(out), "--threads", "1"]) == 0
-    assert "teacher vit-nano on digits" in capsys.readouterr().out
+                 "--depth", "1", "--out", str(out), "--threads", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "teacher vit-nano on digits" in printed and "20 steps; 1 epochs as given" in printed
     from coinfer.server.dekd.teacher import load_teacher
 
     model, meta = load_teacher(out)
     assert meta["dataset"] == "digits" and len(meta["val_accuracy_per_epoch"]) == 1 and model.config.depth == 1
+    assert meta["recipe"]["steps"] == 20 and meta["recipe"]["samples_seen"] == len(load_dataset("digits").train)
     weights = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     assert main(["teacher", "import", "--from", str(weights), "--out", str(tmp_path / "imported"), "--num-heads", "4",

@@ -1,4 +1,5 @@
-"""A DEKD training stage under torchrun with 2 CPU processes (gloo) trains, and the ranks agree."""
+"""A DEKD training stage under torchrun with 2 CPU processes (gloo) trains, the ranks agree, and
+its budget is the same optimisation as in one process: the same steps and samples seen."""
 
 import json
 import os
@@ -27,3 +28,12 @@ def test_distillation_under_torchrun_with_two_processes(tmp_path):
     # DDP kept one model: same weights and the same validation curve on both ranks
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)
     assert ranks[0]["val"] == ranks[1]["val"]
+    # one process: the same number of steps and samples seen (each of 2 ranks took half of every batch)
+    alone = tmp_path / "one"
+    alone.mkdir()
+    proc = subprocess.run([sys.executable, str(script), str(alone)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    one = json.loads((alone / "rank0.json").read_text())
+    assert one["world"] == 1
+    for r in ranks:
+        assert (r["steps"], r["samples_seen"], r["planned_steps"]) == (one["steps"], one["samples_seen"], one["planned_steps"])

@@ -1,6 +1,7 @@
-"""Training the DEKD teacher on a chosen device: `coinfer teacher train --device` and the
-benchmark's `--teacher-device` / `--teacher-epochs`, the early refusal of cuda without a GPU,
-and a teacher cache that ignores the device it was trained on."""
+"""Training on a chosen device: `coinfer teacher train --device`, `coinfer decompose --device` (every
+stage: importance, targets, distillation, ensemble, single student, reference CNN) and the
+benchmark's `--device`; the early refusal of cuda without a GPU; caches that ignore the device.
+The GPU tests run where torch sees one (bf16 autocast, no host sync inside a training step)."""
 
 import json
 from dataclasses import replace
@@ -12,7 +13,7 @@ import torch
 from coinfer.cli import build_parser, main
 from coinfer.core.models.vit import VisionTransformer
 from coinfer.bench import dekd as bench
-from coinfer.bench.dekd import QUICK, _teacher, teacher_cache_key
+from coinfer.bench.dekd import QUICK, BenchData, _teacher, _write_key, teacher_cache_key, teacher_recipe_for
 from coinfer.server.dekd.teacher import load_teacher, save_teacher
 
 from dekd_configs import tiny_vit_config
@@ -26,8 +27,8 @@ TINY_TEACHER = ["teacher", "train", "--dataset", "digits", "--arch", "vit-nano",
                 "--depth", "1", "--threads", "1"]
 """A teacher that trains in a few seconds on digits."""
 
-TINY_BENCH = replace(QUICK, teacher_epochs=1, distill_epochs=1, ensemble_epochs=1, hetero_distill_epochs=1,
-                     hetero_ensemble_epochs=1)
+TINY_BENCH = replace(QUICK, teacher_epochs=1, stage_epochs=1, teacher_arch="vit-nano")
+DIGITS = BenchData("digits", "digits")
 
 
 @pytest.fixture
@@ -83,20 +84,20 @@ def test_teacher_train_on_cuda_without_a_gpu_fails_first_and_writes_nothing(tmp_
     assert not out.exists()
 
 
-def test_bench_parses_teacher_device_and_epochs_into_run_benchmark(tmp_path, monkeypatch):
+def test_bench_parses_device_and_datasets_into_run_benchmark(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(bench, "run_benchmark", lambda out, **kwargs: calls.append((out, kwargs)))
     assert bench.main(["--out", str(tmp_path / "b"), "--quick", "--no-progress"]) == 0
-    assert calls[-1][1]["teacher_device"] == "auto" and calls[-1][1]["teacher_epochs"] is None
-    assert bench.main(["--out", str(tmp_path / "b"), "--quick", "--teacher-device", "cpu", "--teacher-epochs", "3"]) == 0
-    assert calls[-1][1]["teacher_device"] == "cpu" and calls[-1][1]["teacher_epochs"] == 3 and calls[-1][1]["quick"]
+    assert calls[-1][1]["device"] == "auto" and calls[-1][1]["only"] is None and calls[-1][1]["quick"]
+    assert bench.main(["--out", str(tmp_path / "b"), "--device", "cpu", "--only", "digits,fashion-mnist-2000"]) == 0
+    assert calls[-1][1]["device"] == "cpu" and calls[-1][1]["only"] == ("digits", "fashion-mnist-2000")
 
 
 @pytest.mark.parametrize(
     "extra,needle",
-    [(["--teacher-epochs", "0"], "--teacher-epochs must be at least 1"), (["--teacher-device", "tpu"], "--teacher-device")],
+    [(["--only", "cifar"], "unknown dataset(s) ['cifar']"), (["--device", "tpu"], "--device"), (["--threads", "0"], "--threads")],
 )
-def test_bench_refuses_bad_teacher_flags(tmp_path, monkeypatch, capsys, extra, needle):
+def test_bench_refuses_bad_flags(tmp_path, monkeypatch, capsys, extra, needle):
     monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: pytest.fail("ran despite a bad flag"))
     with pytest.raises(SystemExit) as exc:
         bench.main(["--out", str(tmp_path / "b"), *extra])
@@ -109,81 +110,121 @@ def test_bench_on_cuda_without_a_gpu_fails_first_and_writes_nothing(tmp_path, mo
 
     monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: pytest.fail("ran without a GPU"))
     with pytest.raises(SystemExit) as exc:
-        bench.main(["--out", str(tmp_path / "b"), "--quick", "--teacher-device", "cuda"])
+        bench.main(["--out", str(tmp_path / "b"), "--quick", "--device", "cuda"])
     assert exc.value.code == 2 and "cuda" in capsys.readouterr().err
     monkeypatch.undo()
     # Called directly, run_benchmark refuses too, before creating its folder.
     with pytest.raises(InvalidInput, match="cuda"):
-        bench.run_benchmark(tmp_path / "direct", settings=TINY_BENCH, progress=False, teacher_device="cuda")
+        bench.run_benchmark(tmp_path / "direct", settings=TINY_BENCH, progress=False, device="cuda")
     assert not (tmp_path / "b").exists() and not (tmp_path / "direct").exists()
 
 
-def test_the_teacher_cache_key_ignores_the_device_but_not_the_epochs():
-    key = teacher_cache_key(TINY_BENCH)
-    assert not any("device" in k for k in key)
-    assert key["epochs"] == 1 and teacher_cache_key(replace(TINY_BENCH, teacher_epochs=2)) != key
+def test_the_teacher_cache_key_ignores_the_device_but_not_the_recipe(digits):
+    cpu = teacher_cache_key(TINY_BENCH, DIGITS, teacher_recipe_for(TINY_BENCH, digits, "cpu", False))
+    gpu = teacher_cache_key(TINY_BENCH, DIGITS, teacher_recipe_for(TINY_BENCH, digits, "cuda", True))
+    assert cpu == gpu and "device" not in json.dumps(cpu)
+    longer = replace(TINY_BENCH, teacher_epochs=2)
+    assert teacher_cache_key(longer, DIGITS, teacher_recipe_for(longer, digits, "cpu", False)) != cpu
 
 
-@pytest.mark.parametrize("device", ["cpu", "auto", "cuda"])
-def test_a_teacher_trained_on_a_gpu_is_reused_whatever_the_device_flag(tmp_path, digits, device):
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_a_teacher_trained_on_a_gpu_is_reused_whatever_the_device(tmp_path, digits, device):
     torch.manual_seed(0)
     cached = VisionTransformer(tiny_vit_config())
-    meta = {"dataset": digits.name, "bench_settings": teacher_cache_key(TINY_BENCH), "train_device": "cuda"}
-    save_teacher(cached, tmp_path / "teacher", meta)
-    # Reused: no training (0 s), so cuda is never resolved, even on a machine without a GPU.
-    model, got, seconds = _teacher(TINY_BENCH, tmp_path, digits, fresh=False, progress=False, device=device)
+    save_teacher(cached, tmp_path / "teacher", {"dataset": digits.name, "train_device": "cuda"})
+    _write_key(tmp_path, {"teacher": teacher_cache_key(TINY_BENCH, DIGITS, teacher_recipe_for(TINY_BENCH, digits, "cuda", True))})
+    model, got, seconds = _teacher(TINY_BENCH, DIGITS, digits, tmp_path, fresh=False, progress=False, device=device)
     assert seconds == 0.0 and got["train_device"] == "cuda"
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), cached.state_dict().values()))
 
 
-class _StubReport:
-    """Stands in for a DEKD report: this file checks the teacher's part of the benchmark only."""
+@pytest.fixture
+def record_stage_devices(monkeypatch):
+    """Wrap the training loop: for every stage, where its module and batches are while it trains,
+    whether bf16 autocast is on, and (on a GPU) that no step of its loss waits for the device."""
+    from coinfer.core import training
 
-    def to_dict(self):
-        return {}
+    seen = []
+    real = training.train_loop
+
+    def wrapped(module, num_samples, loss_fn, config, *args, **kwargs):
+        def watched(train_module, batch):
+            entry = {"stage": config.desc, "module": next(module.parameters()).device.type,
+                     "index": batch.index.device.type, "autocast": torch.is_autocast_enabled("cuda")}
+            if torch.cuda.is_available():
+                torch.cuda.set_sync_debug_mode("error")  # any host sync inside the loss raises
+            try:
+                loss = loss_fn(train_module, batch)
+            finally:
+                if torch.cuda.is_available():
+                    torch.cuda.set_sync_debug_mode("default")
+            entry["loss"] = loss.device.type
+            seen.append(entry)
+            return loss
+
+        return real(module, num_samples, watched, config, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_loop", wrapped)
+    for name in ("distill", "ensemble", "baseline"):
+        monkeypatch.setattr(f"coinfer.server.dekd.{name}.train_loop", wrapped)
+    return seen
 
 
-def test_bench_records_teacher_device_and_keeps_its_time_apart(tmp_path, monkeypatch, record_teacher_training):
-    from coinfer.server.dekd import pipeline
-    from coinfer.server.dekd import teacher as teacher_module
+DECOMPOSE_FAST = ["--quick", "--distill-epochs", "1", "--ensemble-epochs", "1", "--baseline-epochs", "1", "--threads", "1",
+                  "--no-progress"]
 
-    # The benchmark's clock moves only where the test moves it: 2 s of teacher training and
-    # 0.5 s per DEKD run (binary fractions, so the rounded figures are exact).
-    clock = SimpleNamespace(now_s=100.0)
-    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: clock.now_s))
-    train_teacher = teacher_module.train_teacher
 
-    def two_second_training(*args):
-        clock.now_s += 2.0
-        return train_teacher(*args)
+def _decompose_on(device, tiny_teacher_dir, out, seen):
+    assert main(["decompose", "--teacher", str(tiny_teacher_dir), "--out", str(out), "--device", device, *DECOMPOSE_FAST]) == 0
+    stages = {e["stage"].split(" device ")[0] for e in seen}
+    assert stages == {"distill", "ensemble", "single student", "reference cnn"}
+    report = json.loads((out / "report.json").read_text())
+    return report
 
-    monkeypatch.setattr(teacher_module, "train_teacher", two_second_training)
-    teachers = []
 
-    def fake_decompose(teacher, splits, config, **kwargs):
-        clock.now_s += 0.5
-        teachers.append({p.device.type for p in teacher.parameters()})
-        return _StubReport()
+def test_decompose_trains_every_stage_on_the_resolved_device(tiny_teacher_dir, tmp_path, record_stage_devices):
+    report = _decompose_on("auto", tiny_teacher_dir, tmp_path / "b", record_stage_devices)
+    assert {(e["module"], e["index"], e["loss"]) for e in record_stage_devices} == {(AUTO, AUTO, AUTO)}
+    assert report["recipe"]["device"] == AUTO and report["config"]["device"] == AUTO
+    assert all(e["autocast"] == (AUTO == "cuda") for e in record_stage_devices)
 
-    monkeypatch.setattr(pipeline, "decompose", fake_decompose)
-    monkeypatch.setattr(pipeline, "training_targets", lambda *a, **k: None)
-    monkeypatch.setattr(bench, "_targets", lambda *a: [])
-    settings = replace(TINY_BENCH, teacher_epochs=5)
-    first = bench.run_benchmark(tmp_path, settings=settings, progress=False, teacher_device="auto", teacher_epochs=1)
-    [call] = record_teacher_training
-    assert call["train"].device == AUTO and call["train"].epochs == 1 and call["param_devices"] == {"cpu"}
-    assert teachers == [{"cpu"}] * 3  # the DEKD stages get the teacher on the CPU
-    written = json.loads((tmp_path / "results.json").read_text())
-    assert written == json.loads(json.dumps(first))
-    assert written["settings"]["teacher_epochs"] == 1 and written["teacher"]["bench_settings"]["epochs"] == 1
-    assert written["teacher_device"] == AUTO and written["teacher_reused"] is False
-    assert written["teacher_train_seconds"] == 2.0
-    assert written["stages_wall_seconds"] == 1.5 and written["wall_seconds"] == 3.5
-    # A later CPU run with the same settings reuses that teacher: no device, no teacher time.
-    second = bench.run_benchmark(tmp_path, settings=settings, progress=False, teacher_device="cpu", teacher_epochs=1)
-    assert len(record_teacher_training) == 1
-    assert second["teacher_device"] is None and second["teacher_reused"] is True and second["teacher_train_seconds"] == 0.0
-    assert second["stages_wall_seconds"] == second["wall_seconds"] == 1.5 and second["teacher"]["train_device"] == AUTO
+
+@NO_GPU
+def test_decompose_on_cuda_without_a_gpu_fails_first_and_writes_nothing(tiny_teacher_dir, tmp_path, capsys, monkeypatch):
+    from coinfer.core import data
+
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("the dataset was loaded before the device was checked"))
+    out = tmp_path / "b"
+    assert main(["decompose", "--teacher", str(tiny_teacher_dir), "--out", str(out), "--device", "cuda", *DECOMPOSE_FAST]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err and not out.exists()
+
+
+@GPU
+def test_decompose_on_cuda_runs_every_stage_there_in_bf16_without_host_syncs(tiny_teacher_dir, tmp_path, record_stage_devices):
+    report = _decompose_on("cuda", tiny_teacher_dir, tmp_path / "b", record_stage_devices)
+    assert {(e["module"], e["index"], e["loss"], e["autocast"]) for e in record_stage_devices} == {("cuda", "cuda", "cuda", True)}
+    assert report["recipe"]["device"].startswith("cuda") and 0.0 <= report["ensemble"]["accuracy"] <= 1.0
+    from coinfer.core.devit_bundle import load_devit
+
+    deployment = load_devit(tmp_path / "b")  # the bundle holds CPU tensors
+    assert all(p.device.type == "cpu" for m in deployment.submodels for p in m.parameters())
+
+
+@GPU
+def test_importance_and_targets_run_on_the_gpu_and_agree_with_the_cpu(tiny_teacher, digits):
+    from coinfer.server.dekd.prune import unit_importance
+    from coinfer.server.dekd.targets import compute_targets
+
+    x, y = digits.train.tensors()
+    x, y = x[:256], y[:256]
+    cpu = unit_importance(tiny_teacher, x, y)
+    gpu_teacher = __import__("copy").deepcopy(tiny_teacher).cuda()
+    gpu = unit_importance(gpu_teacher, x, y)
+    assert gpu.heads.shape == cpu.heads.shape
+    assert abs(float(gpu.heads.sum()) - float(cpu.heads.sum())) <= 1e-3 * float(cpu.heads.sum()) + 1e-6
+    targets = compute_targets(gpu_teacher, x, with_cls=True, with_relations=True)
+    assert targets.logits.device.type == "cpu" and targets.relations.shape[0] == 256
+    torch.testing.assert_close(targets.logits, compute_targets(tiny_teacher, x).logits, atol=1e-3, rtol=1e-3)
 
 
 @GPU
@@ -197,12 +238,3 @@ def test_teacher_train_on_cuda_saves_a_teacher_that_loads_on_the_cpu(tmp_path, c
     assert {p.device.type for p in model.parameters()} == {"cpu"}
 
 
-def test_teacher_only_trains_the_cached_teacher_and_stops(tmp_path, monkeypatch, record_teacher_training):
-    from coinfer.server.dekd import pipeline
-
-    monkeypatch.setattr(pipeline, "decompose", lambda *a, **k: pytest.fail("teacher_only ran the DEKD stages"))
-    meta = bench.run_benchmark(tmp_path, settings=TINY_BENCH, progress=False, teacher_only=True)
-    assert 0.0 <= meta["test_accuracy"] <= 1.0 and meta["bench_settings"] == teacher_cache_key(TINY_BENCH)
-    assert (tmp_path / "teacher").is_dir() and not (tmp_path / "results.json").exists()
-    again = bench.run_benchmark(tmp_path, settings=TINY_BENCH, progress=False, teacher_only=True)
-    assert len(record_teacher_training) == 1 and again["test_accuracy"] == meta["test_accuracy"]

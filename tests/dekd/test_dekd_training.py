@@ -15,7 +15,7 @@ from coinfer.server.dekd.ensemble import (
     train_ensemble,
 )
 from coinfer.core.models.fusion import DeViTFusion, FusionConfig
-from coinfer.server.dekd.loop import LoopConfig
+from coinfer.core.training import TrainConfig
 from coinfer.server.dekd.prune import architecture_cost, build_pruned_vit, plan_pruning, unit_importance
 from coinfer.server.dekd.targets import compute_targets, token_relation
 
@@ -72,7 +72,7 @@ def test_sub_task_distillation_learns_the_group(tiny_teacher, group_setup):
     before = accuracy(predict(student, s["xv"]), s["yv"].numpy())
     result = distill_submodel(
         student, s["x"], s["y"], s["targets"], s["xv"], s["yv"],
-        DistillConfig(loop=LoopConfig(epochs=4, batch_size=32, lr=3e-3, progress=False)),
+        DistillConfig(loop=TrainConfig(epochs=4, batch_size=32, lr=3e-3, warmup_epochs=0.3, progress=False)),
     )
     after = accuracy(predict(student, s["xv"]), s["yv"].numpy())
     assert result.train_loss_per_epoch[-1] < result.train_loss_per_epoch[0]
@@ -84,7 +84,7 @@ def test_training_is_deterministic_for_a_seed(tiny_teacher, group_setup):
     losses = []
     for _ in range(2):
         student = build_pruned_vit(tiny_teacher, s["plan"], classes=s["group"])
-        cfg = DistillConfig(loop=LoopConfig(epochs=1, batch_size=32, progress=False, seed=4))
+        cfg = DistillConfig(loop=TrainConfig(epochs=1, batch_size=32, warmup_epochs=0.3, progress=False, seed=4))
         losses.append(distill_submodel(student, s["x"], s["y"], s["targets"], s["xv"], s["yv"], cfg).train_loss_per_epoch)
     assert losses[0] == losses[1]
 
@@ -112,7 +112,7 @@ def test_ensemble_start_and_training(tiny_teacher, digits):
     teacher_acc = accuracy(predict(tiny_teacher, xv), yv.numpy())
     result = train_ensemble(
         ensemble, x, y, targets, xv, yv,
-        EnsembleConfig(loop=LoopConfig(epochs=2, batch_size=64, lr=1e-3, progress=False), device_dropout=0.3),
+        EnsembleConfig(loop=TrainConfig(epochs=2, batch_size=64, lr=1e-3, warmup_epochs=0.3, progress=False), device_dropout=0.3),
     )
     full = ensemble_accuracy(ensemble, xv, yv)
     assert full == result.best_val_accuracy and full > 0.5 * teacher_acc
@@ -132,3 +132,39 @@ def test_the_compact_baseline_is_dense_and_fills_its_parameter_budget():
         assert 0.99 * budget <= params <= budget
         assert cfg.depth == teacher.depth and cfg.patch_size == teacher.patch_size and cfg.block_heads is None
         assert cfg.embed_dim % cfg.num_heads == 0
+
+
+def test_the_single_student_gets_the_ensembles_training_compute():
+    from coinfer.server.dekd.pipeline import _equal_compute_steps
+
+    # 4 sub-models, each 1/4 of the student: 4 x 100 steps of 64 distillation are 100 student steps of 64
+    distill = [{"planned_steps": 100, "batch_size": 64}] * 4
+    assert _equal_compute_steps(distill, {"planned_steps": 50, "batch_size": 64}, 64) == 150
+    assert _equal_compute_steps(distill, {"planned_steps": 50, "batch_size": 128}, 128) == 100
+
+
+def test_distillation_from_the_online_teacher_on_augmented_images(tiny_teacher, digits, group_setup):
+    from coinfer.server.dekd.targets import TeacherSignal
+
+    s = group_setup
+    x, y = digits.train.tensors()
+    idx, _ = group_rows(y, s["group"])
+    calls = []
+    real_forward = tiny_teacher.forward_with_qkv
+
+    def counting(images, layers):
+        calls.append(images.shape[0])
+        return real_forward(images, layers)
+
+    tiny_teacher.forward_with_qkv = counting
+    try:
+        torch.manual_seed(0)
+        student = build_pruned_vit(tiny_teacher, s["plan"], classes=s["group"])
+        loop = TrainConfig(epochs=3, batch_size=32, lr=3e-3, warmup_epochs=0.3, progress=False, mixup_alpha=0.8,
+                           cutmix_alpha=1.0)
+        signal = TeacherSignal(teacher=tiny_teacher, classes=s["group"])
+        result = distill_submodel(student, x[idx], s["y"], signal, s["xv"], s["yv"], DistillConfig(loop=loop))
+    finally:
+        del tiny_teacher.forward_with_qkv
+    assert len(calls) == result.steps  # the teacher saw every (augmented) batch
+    assert result.train_loss_per_epoch[-1] < result.train_loss_per_epoch[0] and result.best_val_accuracy > 0.6

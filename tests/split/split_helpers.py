@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from coinfer.core.training import TrainConfig
+from coinfer.core.training import TrainConfig, with_loop
 from coinfer.server.split.pipeline import SplitConfig
 from coinfer.server.split.train import BottleneckTrainConfig
 
@@ -18,7 +18,7 @@ def tiny_config(**changes) -> SplitConfig:
         bits=4,
         compression=16.0,
         backbone_train=TrainConfig(epochs=3, lr=3e-3, batch_size=64, progress=False),
-        bottleneck_train=BottleneckTrainConfig(recon_steps=20, distill_steps=6, batch_size=64, progress=False),
+        bottleneck_train=with_loop(BottleneckTrainConfig(recon_steps=20, distill_steps=6), batch_size=64, progress=False),
         samples=8,
         latency_repeats=3,
     )

@@ -92,6 +92,7 @@ def test_bottleneck_training_is_deterministic_for_a_seed() -> None:
     from coinfer.core.data import load_dataset
     from coinfer.server.split import sizing
     from coinfer.server.split.backbones import backbone_config
+    from coinfer.core.training import with_loop
     from coinfer.server.split.train import BottleneckTrainConfig, compute_point_features, train_bottleneck
 
     splits = load_dataset("digits")
@@ -99,7 +100,7 @@ def test_bottleneck_training_is_deterministic_for_a_seed() -> None:
     model = build_model(backbone_config("vgg11", splits, 0.25)).eval()
     feats = compute_point_features(model, 1, splits, max_train_images=256)
     tail = model.segment(1, 5)
-    train = BottleneckTrainConfig(recon_steps=6, distill_steps=4, batch_size=32, qat_bits=(4, 2), progress=False)
+    train = with_loop(BottleneckTrainConfig(recon_steps=6, distill_steps=4, qat_bits=(4, 2)), batch_size=32, progress=False)
     for design in ("paper", "ours"):
         config = sizing.for_reduction(feats.feature_shape, design, 4)
         (a, log_a), (b, log_b) = (train_bottleneck(config, feats, tail, train) for _ in range(2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from coinfer.core.training import TrainConfig
+from coinfer.core.training import TrainConfig, with_loop
 from coinfer.bench.split import BenchConfig, run_benchmark
 from coinfer.bench.split_targets import Row, compression_target, equal_payload
 from coinfer.server.split.train import BottleneckTrainConfig
@@ -46,7 +46,7 @@ def test_tiny_benchmark_writes_rows_targets_and_plots(tmp_path: Path) -> None:
     config = BenchConfig(
         dataset="digits", backbones=("vgg11",), train_images=0, bottleneck_train_images=0, test_images=200,
         backbone_train=TrainConfig(epochs=2, lr=3e-3, batch_size=64, progress=False),
-        bottleneck_train=BottleneckTrainConfig(recon_steps=15, distill_steps=5, batch_size=64, qat_bits=(8, 2)),
+        bottleneck_train=with_loop(BottleneckTrainConfig(recon_steps=15, distill_steps=5, qat_bits=(8, 2)), batch_size=64),
         reductions=(4.0,), bits=(8, 2), progress=False,
     )
     summary = run_benchmark(tmp_path, quick=True, config=config)

@@ -18,6 +18,7 @@ import torch
 from coinfer.core.data import load_dataset
 from coinfer.core.errors import InvalidInput
 from coinfer.core.models import build_model
+from coinfer.core.training import with_loop
 from coinfer.server.split import sizing
 from coinfer.server.split.backbones import backbone_config
 from coinfer.bench.split import BenchConfig, _rows_key, _settings_key, build_parser, config_from_args
@@ -46,8 +47,8 @@ def setup():
 
 
 def _train_cfg(**changes) -> BottleneckTrainConfig:
-    return BottleneckTrainConfig(recon_steps=6, distill_steps=4, batch_size=32, qat_bits=(8, 4), ce_weight=0.5,
-                                 progress=False, **changes)
+    return with_loop(BottleneckTrainConfig(recon_steps=6, distill_steps=4, qat_bits=(8, 4), ce_weight=0.5),
+                     batch_size=32, progress=False, **changes)
 
 
 def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -62,7 +63,7 @@ def _shares_parameters(segment: torch.nn.Module, backbone: torch.nn.Module) -> b
 
 def test_cpu_device_trains_the_same_bottleneck_as_the_default(setup) -> None:
     splits, backbone, feats = setup
-    assert BottleneckTrainConfig().device == "cpu" and FinetuneConfig().device == "cpu"
+    assert BottleneckTrainConfig().loop.device == "cpu" and FinetuneConfig().loop.device == "cpu"
     again = compute_point_features(backbone, POINT, splits, max_train_images=256, device="cpu")
     assert torch.equal(again.train, feats.train) and torch.equal(again.train_teacher, feats.train_teacher)
     last = backbone.num_points - 1
@@ -84,9 +85,9 @@ def test_cpu_finetune_matches_the_default_and_returns_cpu_parts(setup) -> None:
     bcfg = sizing.for_reduction(feats.feature_shape, "paper", 8.0)
     ae1, _ = train_bottleneck(bcfg, feats, backbone.segment(POINT, backbone.num_points - 1), _train_cfg())
     ae2 = copy.deepcopy(ae1)
-    cfg = FinetuneConfig(steps=3, batch_size=16, progress=False)
+    cfg = with_loop(FinetuneConfig(steps=3), batch_size=16, progress=False)
     head1, tail1 = finetune_point(backbone, ae1, POINT, splits, 4, cfg)
-    head2, tail2 = finetune_point(backbone, ae2, POINT, splits, 4, dataclasses.replace(cfg, device="cpu"))
+    head2, tail2 = finetune_point(backbone, ae2, POINT, splits, 4, with_loop(cfg, device="cpu"))
     assert _same_state(head1, head2) and _same_state(tail1, tail2) and _same_state(ae1, ae2)
     for module in (head2, tail2, ae2):
         assert all(t.device.type == "cpu" for t in module.state_dict().values())
@@ -123,7 +124,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(setup) -> None:
         compute_point_features(backbone, POINT, splits, max_train_images=64, device="cuda")
     ae, _ = train_bottleneck(bcfg, feats, tail, _train_cfg())
     with pytest.raises(InvalidInput, match="cuda"):
-        finetune_point(backbone, ae, POINT, splits, 4, FinetuneConfig(steps=1, progress=False, device="cuda"))
+        finetune_point(backbone, ae, POINT, splits, 4, with_loop(FinetuneConfig(steps=1), progress=False, device="cuda"))
     assert all(p.device.type == "cpu" for p in ae.parameters())
 
 
@@ -158,7 +159,7 @@ def test_the_device_is_not_part_of_the_cache_keys() -> None:
     cpu = BenchConfig()
     gpu = dataclasses.replace(cpu, device="cuda",
                               backbone_train=dataclasses.replace(cpu.backbone_train, device="cuda"),
-                              bottleneck_train=dataclasses.replace(cpu.bottleneck_train, device="cuda"))
+                              bottleneck_train=with_loop(cpu.bottleneck_train, device="cuda"))
     assert _settings_key(gpu, "resnet18") == _settings_key(cpu, "resnet18")
     assert _rows_key(gpu, "resnet18") == _rows_key(cpu, "resnet18")
     assert "device" not in str(_rows_key(gpu, "resnet18"))
@@ -183,9 +184,9 @@ def test_split_cli_device_flag(tmp_path: Path, capsys) -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     config = config_from_args(parser.parse_args(["split", "--quick", "--device", "auto", "--out", "b"]))
-    assert (config.backbone_train.device, config.bottleneck_train.device, config.finetune.device) == ("auto",) * 3
+    assert (config.backbone_train.device, config.bottleneck_train.loop.device, config.finetune.loop.device) == ("auto",) * 3
     config = config_from_args(parser.parse_args(["split", "--quick", "--out", "b"]))
-    assert (config.backbone_train.device, config.bottleneck_train.device, config.finetune.device) == ("cpu",) * 3
+    assert (config.backbone_train.device, config.bottleneck_train.loop.device, config.finetune.loop.device) == ("cpu",) * 3
     with pytest.raises(SystemExit) as exc:
         main(["split", "--quick", "--device", "tpu", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2 and "--device" in capsys.readouterr().err
@@ -213,8 +214,8 @@ def test_cuda_bottleneck_features_and_finetune_come_back_on_the_cpu(setup) -> No
         assert all(t.device.type == "cpu" for t in ae.state_dict().values()) and len(log.distill_loss) == 4
         assert all(t.device.type == "cpu" for t in backbone.state_dict().values()) and _shares_parameters(tail, backbone)
         evaluate_bottleneck(ae, tail, on_gpu.test, on_gpu.test_labels, 4)
-        head, ft_tail = finetune_point(backbone, ae, POINT, splits, 4, FinetuneConfig(steps=3, batch_size=16,
-                                                                                       progress=False, device="cuda"))
+        head, ft_tail = finetune_point(backbone, ae, POINT, splits, 4, with_loop(FinetuneConfig(steps=3), batch_size=16,
+                                                                                  progress=False, device="cuda"))
         for module in (head, ft_tail, ae):
             assert all(t.device.type == "cpu" for t in module.state_dict().values())
         evaluate_bottleneck(ae, ft_tail, on_gpu.test, on_gpu.test_labels, 4)

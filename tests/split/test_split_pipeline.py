@@ -132,13 +132,14 @@ def test_vit_tokens_with_weights_and_joint_finetune(tmp_path: Path, split_run) -
 
     from coinfer.core.models import build_model
     from coinfer.server.split.backbones import backbone_config
+    from coinfer.core.training import with_loop
     from coinfer.server.split.train import FinetuneConfig
 
     splits = load_dataset("digits")
     vit = build_model(backbone_config("vit", splits, 0.25))
     save_file(vit.state_dict(), str(tmp_path / "vit.safetensors"))
     config = tiny_config(backbone="vit", points=("2",), bottleneck="ours", weights=str(tmp_path / "vit.safetensors"),
-                         finetune=FinetuneConfig(steps=3, batch_size=32, progress=False))
+                         finetune=with_loop(FinetuneConfig(steps=3), batch_size=32, progress=False))
     report = run_split(config, tmp_path / "vit")
     bundle = load_bundle(tmp_path / "vit")
     model = bundle.load_module("model")
