@@ -84,17 +84,18 @@ class ShapeSettings:
 VIT_S16 = TIMM_VITS["vit_small_patch16_224"]
 VIT_B16 = TIMM_VITS["vit_base_patch16_224"]
 # 40 images per class is the probe (160 images: ViT-S/16 decomposed with --quick in 6.4 min
-# on 2 idle cores). ViT-B/16 costs about 3.8x as much per image, so it gets 16 per class. Fewer
-# epochs than --quick's (16 / 6 / 10): these runs measure shapes and costs, not accuracy, and the
-# per-step figures do not depend on the number of epochs. The limits are about 10x an idle run.
-SHAPE_FLAGS = ("--quick", "--distill-epochs", "4", "--ensemble-epochs", "2", "--baseline-epochs", "2")
+# on 2 idle cores). ViT-B/16 costs about 3.8x as much per image, so it gets 16 per class. Fixed
+# epochs instead of the quick budget's, and no reference CNN: these runs measure shapes and costs,
+# not accuracy, and the per-step figures do not depend on the number of epochs. The limits are
+# about 10x an idle run.
+SHAPE_FLAGS = ("--quick", "--distill-epochs", "4", "--ensemble-epochs", "2", "--baseline-epochs", "2", "--no-reference")
 FULL = ShapeSettings(
     teachers=(TeacherRun("ViT-S/16", VIT_S16, 40, 60.0), TeacherRun("ViT-B/16", VIT_B16, 16, 150.0)),
     decompose_flags=SHAPE_FLAGS,
 )
 QUICK = ShapeSettings(
     teachers=(TeacherRun("ViT-S/16", VIT_S16, 6, 30.0), TeacherRun("ViT-B/16", VIT_B16, 6, 60.0)),
-    decompose_flags=("--quick", "--distill-epochs", "1", "--ensemble-epochs", "1", "--no-baseline"),
+    decompose_flags=("--quick", "--distill-epochs", "1", "--ensemble-epochs", "1", "--no-baseline", "--no-reference"),
     requests=5,
 )
 

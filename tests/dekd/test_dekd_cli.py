@@ -10,6 +10,7 @@ import torch
 from coinfer.cli import main
 from coinfer.core.data import load_dataset
 from coinfer.core.devit_bundle import load_devit
+from quantised import assert_accuracy_reproduced
 
 FAST = ["--quick", "--distill-epochs", "2", "--ensemble-epochs", "1", "--baseline-epochs", "1", "--threads", "1", "--no-progress"]
 """Short stages; the fixture's run keeps the reference CNN, the bad-input runs never get that far."""
