@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rpc-timeout-s", type=float, default=10.0, help="deadline of each call to the coordinator (default 10 s)")
     p.add_argument("--coordinator-ca", type=Path, help="PEM CA to verify a TLS coordinator (with --tls-cert/--tls-key: mutual TLS)")
     p.add_argument("--distance-m", type=float, default=0.0, help="distance to the edge server told to the scheduler (default 0 = unknown)")
+    p.add_argument("--speed", type=float, help="this device's speed relative to the reference workload (docs/runtime.md), "
+                   "for an owner who knows it; default: measured at start and whenever the coordinator asks")
+    p.add_argument("--calibration-s", type=float, default=1.0, help="how long the speed calibration runs (default 1 s)")
     p.set_defaults(handler=_edge)
 
 
@@ -50,6 +53,12 @@ def _edge(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--rpc-timeout-s must be positive, got {args.rpc_timeout_s}")
     if args.distance_m < 0:
         raise InvalidInput(f"--distance-m must not be negative, got {args.distance_m}")
+    if args.speed is not None:
+        from coinfer.protos.v1 import DeviceSpeed, check_speed
+
+        check_speed(DeviceSpeed(args.speed, source="configured"), "--speed")
+    if not 0.05 <= args.calibration_s <= 60:
+        raise InvalidInput(f"--calibration-s must be between 0.05 and 60, got {args.calibration_s}")
     set_torch_threads(args.threads)
     mutual = args.coordinator_ca is not None
     security = ClientSecurity(
@@ -66,6 +75,8 @@ def _edge(args: argparse.Namespace) -> int:
         security=security,
         rpc_timeout_s=args.rpc_timeout_s,
         distance_m=args.distance_m,
+        speed=args.speed,
+        calibration_s=args.calibration_s,
     )
     server = start_edge(config, server_options_from_args(args), metrics_port=args.metrics_port)
     print(f"edge {args.name!r} serving on {server.address}, coordinator {args.coordinator}", flush=True)
