@@ -71,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--device-speeds", default=None,
         help="relative speeds s1,..,sN, or device profiles (names or coinfer.profile/1 JSON files; speed = 1 / local latency)",
     )
+    d.add_argument(
+        "--fleet", type=Path, default=None,
+        help="speeds file of a live fleet (coinfer fleet --out FILE): size the sub-models for its devices' measured speeds",
+    )
     d.add_argument("--partition", default="affinity", choices=PARTITION_METHODS, help="class partition (default affinity)")
     d.add_argument("--quick", action="store_true", help="few epochs everywhere: the demo path (digits: about a minute)")
     d.add_argument("--macs-ratio", type=float, default=None, help="fastest sub-model MACs / teacher MACs (default 0.12)")
@@ -200,14 +204,16 @@ def _decompose(args: argparse.Namespace) -> int:
     from coinfer.server.dekd.parallel import is_main, world
     from coinfer.server.dekd.partition import check_group_count
     from coinfer.server.dekd.pipeline import decompose, validate
-    from coinfer.server.dekd.speeds import parse_device_speeds
+    from coinfer.server.dekd.speeds import fleet_speeds, parse_device_speeds
     from coinfer.server.dekd.teacher import check_compatible, load_teacher, teacher_config, train_teacher
 
     world()  # under torchrun: a gloo group, the tensors stay on the CPU
     # Cheap checks first: a bad request must fail before any data is read or model trained.
     if isinstance(args.devices, bool) or args.devices < 2:
         raise InvalidInput(f"--devices must be at least 2, got {args.devices}")
-    speeds = parse_device_speeds(args.device_speeds, args.devices)
+    if args.fleet is not None and args.device_speeds is not None:
+        raise InvalidInput("give --device-speeds or --fleet, not both")
+    speeds = fleet_speeds(args.fleet, args.devices) if args.fleet is not None else parse_device_speeds(args.device_speeds, args.devices)
     _set_threads(args.threads)
     for name in ("distill_epochs", "ensemble_epochs", "baseline_epochs"):
         _check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
