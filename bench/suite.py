@@ -24,6 +24,7 @@ PARTS: dict[str, str] = {
     "rl": "coinfer.bench.rl",
     "runtime": "coinfer.bench.runtime",
     "reliability": "coinfer.bench.reliability",
+    "fleet_placement": "coinfer.bench.fleet_placement",
 }
 
 
