@@ -2,9 +2,10 @@
 whether the fleet still matches the speeds a bundle was sized for.
 
 **Work.** A sub-model's work is its expected compute time in ms on a device of speed 1.0 (the
-calibration's reference, docs/runtime.md). The bundle gives its shape: the batch-1 latencies of
-``report.json`` (what `coinfer decompose` measured and balanced the sub-models with), else the
-MACs of each sub-model's architecture at the reference's MAC rate. Real requests give the scale:
+calibration's reference, docs/runtime.md). The bundle gives its shape: a fixed cost plus a cost
+per MAC, fitted to the batch-1 latencies of ``report.json`` (what `coinfer decompose` measured
+and balanced the sub-models with; a fit, because one noisy measurement must not make two equal
+sub-models look different), else the MACs of each architecture at the reference's MAC rate. Real requests give the scale:
 ``scale`` is the median over every device's moving estimates of observed ms x the device's
 speed / the work it holds, so expected times come out in the milliseconds the devices measure.
 
@@ -30,6 +31,8 @@ import math
 import statistics
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
+
+import numpy as np
 
 from coinfer.protos.v1 import LoadReport, SubModelTiming
 from coinfer.server.placement import SubModelKey
@@ -64,10 +67,9 @@ def bundle_sizes(model) -> list[SubModelSize]:
     macs = [_macs(bundle.part(part).config) for part in model.submodel_parts]
     speeds = _sized_for(bundle.metadata.get("devit", {}).get("device_speeds"), n)
     latency = _report_latencies(bundle.path / "report.json", n)
-    if latency is None:
+    work = _fit_latency(macs, latency) if latency is not None else None
+    if work is None:
         work = [m / MACS_PER_MS_AT_SPEED_1 for m in macs]
-    else:
-        work = latency
     return [SubModelSize((model.name, i), work[i], macs[i], speeds[i]) for i in range(n)]
 
 
@@ -89,6 +91,18 @@ def _sized_for(raw: object, n: int) -> list[float]:
     if raw is not None:
         log.warning("ignoring the bundle's device_speeds %r: not %d positive numbers", raw, n)
     return [1.0] * n
+
+
+def _fit_latency(macs: Sequence[int], latency: Sequence[float]) -> list[float] | None:
+    """Latency = fixed + per-MAC x MACs, least squares; None when the fit is not physical (a
+    negative part). All sub-models the same size: their mean latency."""
+    x, y = np.asarray(macs, dtype=float), np.asarray(latency, dtype=float)
+    if np.ptp(x) == 0:
+        return [float(y.mean())] * len(x)
+    per_mac, fixed = np.polyfit(x, y, 1)
+    if per_mac <= 0 or fixed < 0:
+        return None
+    return [float(fixed + per_mac * m) for m in x]
 
 
 def _report_latencies(path, n: int) -> list[float] | None:
