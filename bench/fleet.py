@@ -7,7 +7,9 @@ edge and every DeViT model answers whole (no device missing).
 
 On the testbed, ``edge_argv`` wraps each edge's command (its namespace and CPU quota,
 `Testbed.device_argv`) and the listen addresses are the testbed's; by default everything is on
-loopback.
+loopback. Edges that share this machine's cores without quotas are told they are equally fast
+(``--speed 1``): what each would measure depends only on what else was starting at the same
+moment; ``calibrate=True`` lets them measure.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Fleet:
         listen: str = "127.0.0.1:0",
         edge_listen: Callable[[int], str] = lambda i: "127.0.0.1:0",
         edge_argv: Callable[[int, list[str]], list[str]] = lambda i, argv: argv,
+        calibrate: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -43,6 +46,7 @@ class Fleet:
         self.listen = listen
         self.edge_listen = edge_listen
         self.edge_argv = edge_argv
+        self.calibrate = calibrate
         self.coordinator: DaemonProcess | None = None
         self.edges: list[DaemonProcess] = []
         self.address = ""
@@ -65,7 +69,7 @@ class Fleet:
         argv = coinfer_command(
             "edge", "--coordinator", self.address, "--name", f"edge-{i}", "--listen", self.edge_listen(i),
             "--port-file", str(self.run_dir / f"edge-{i}.addr"), "--threads", str(self.threads),
-            "--cache-dir", str(self.run_dir / f"cache-{i}"), *extra,
+            "--cache-dir", str(self.run_dir / f"cache-{i}"), *([] if self.calibrate else ["--speed", "1"]), *extra,
         )
         return DaemonProcess(f"edge-{i}", self.edge_argv(i, argv), self.run_dir / f"edge-{i}.addr", self.run_dir / f"edge-{i}.log")
 

@@ -69,7 +69,7 @@ class PlacementBenchConfig:
     def make(cls, quick: bool) -> PlacementBenchConfig:
         if quick:
             return cls(True, "vit-nano", 1, 2, 1, 1, 0.5, rounds=1, requests=40)
-        return cls(False, "vit-tiny", 1, 4, 2, 2, 0.7, rounds=3, requests=150)
+        return cls(False, "vit-tiny", 1, 8, 2, 2, 0.7, rounds=3, requests=150)
 
     def fixture(self) -> dict[str, Any]:
         """What the bundles depend on (a bundle built from the same is reused)."""
@@ -111,7 +111,7 @@ def build_bundles(folder: Path, config: PlacementBenchConfig) -> dict[str, Path]
     else:
         started = time.perf_counter()
         cfg = teacher_config(config.teacher_arch, splits.image_shape, splits.num_classes, patch_size=config.patch_size, drop_path_rate=0.0)
-        teacher, result = train_teacher(splits, cfg, TrainConfig(epochs=config.teacher_epochs, lr=3e-3, batch_size=64, warmup_epochs=0.5,
+        teacher, result = train_teacher(splits, cfg, TrainConfig(epochs=config.teacher_epochs, lr=3e-3, batch_size=32, warmup_epochs=0.5,
                                                                  seed=0, desc="fleet bench teacher"))
         save_teacher(teacher, paths["teacher"], {"dataset": splits.name, "fleet_bench_fixture": fixture,
                                                   "val_accuracy": result.best_val_accuracy}, overwrite=True)

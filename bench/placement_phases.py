@@ -78,7 +78,7 @@ class Runner:
                       "teacher-split": self.bundles / "fleet-teacher"}
         self.fleet = Fleet(
             args.run_dir, num_edges=4, threads=1, listen=f"{self.tb.server_address}:{COORDINATOR_PORT}",
-            edge_listen=lambda i: f"{self.tb.device_address(i)}:{EDGE_PORT}", edge_argv=self.tb.device_argv,
+            edge_listen=lambda i: f"{self.tb.device_address(i)}:{EDGE_PORT}", edge_argv=self.tb.device_argv, calibrate=True,
         )
         test = load_dataset("digits", seed=0).test
         self.images, self.labels = test.x, test.y

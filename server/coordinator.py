@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
@@ -461,6 +461,4 @@ def _label(ref: SubModelRef) -> str:
 
 def _rescaled(plan: SpeedPlacement, factor: float) -> SpeedPlacement:
     """The same placement with every expected time multiplied by ``factor`` (the work's scale moved)."""
-    from dataclasses import replace
-
     return replace(plan, critical_path_ms=plan.critical_path_ms * factor, optimal_critical_path_ms=plan.optimal_critical_path_ms * factor)

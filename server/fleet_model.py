@@ -30,7 +30,7 @@ import logging
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -211,7 +211,3 @@ def fleet_mismatch(
             if abs(math.log(live / sized)) > math.log1p(MATCH_TOLERANCE):
                 problems.append(f"sub-model {key[1]} sized for {sized:.2f} runs on {names.get(holders[key], holders[key])} at {live:.2f}")
     return "; ".join(problems)
-
-
-def sized_for_speeds(sizes: Iterable[SubModelSize]) -> dict[SubModelKey, float]:
-    return {s.key: s.sized_for_speed for s in sizes}
