@@ -66,6 +66,9 @@ class CoordinatorConfig:
     """A placement whose critical path is within this fraction of the optimum is left as it is."""
     mismatch_grace_s: float = 5.0
     """A fleet must stop matching a bundle's sizing this long before it is reported (devices joining one by one)."""
+    spare_calibration_s: float = 60.0
+    """A device running no sub-model is asked to measure its speed again this often: no request
+    times it, so a calibration that came out low would otherwise keep it idle for good."""
 
 
 @dataclass
@@ -123,6 +126,7 @@ class Coordinator:
         }
         self._solved: tuple[tuple, SpeedPlacement, float] | None = None
         self._solve_lock = threading.Lock()
+        self._spare_since: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         split = catalog.split
@@ -292,6 +296,19 @@ class Coordinator:
                     log.info("device %r now runs sub-models %s", record.info.name, [_label(r) for r in refs] or "none")
             self.fleet = fleet
             self._update_placement_status(fleet, primaries, plan, {r.device_id: r.info.name for r in live}, moved)
+            self._recalibrate_spares(live)
+
+    def _recalibrate_spares(self, live: Sequence[DeviceRecord]) -> None:
+        """Ask devices that have run no sub-model for ``spare_calibration_s`` to measure their speed again."""
+        now = time.monotonic()
+        spares = {r.device_id: r for r in live if not r.primary_keys}
+        self._spare_since = {d: self._spare_since.get(d, now) for d in spares}
+        for device_id, since in self._spare_since.items():
+            record = spares[device_id]
+            if now - since >= self.config.spare_calibration_s and not record.calibration:
+                record.calibration = "requested"
+                self._spare_since[device_id] = now
+                log.info("device %r runs no sub-model: asked to measure its speed again", record.info.name)
 
     def _solve(self, fleet: FleetEstimate, holding: Mapping[str, set[SubModelKey]]) -> SpeedPlacement:
         """The speed placement, solved again only when its inputs changed (in shape, not in scale)."""

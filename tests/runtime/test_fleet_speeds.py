@@ -164,3 +164,17 @@ def test_real_timings_refine_a_device_speed_and_small_noise_is_ignored() -> None
     assert estimate([device("a", 0, 20.0), few], sizes).devices["c"].effective_speed == 1.0
     two = LiveDevice("c", 1.0, (("m", 1), ("m", 2)), LoadReport(0, 0, None, 0, 1, (), submodel_timings=(SubModelTiming("m", 2, 80.0, 20),)))
     assert estimate([device("a", 0, 20.0), two], sizes).devices["c"].effective_speed == 1.0
+
+
+def test_a_device_left_without_submodels_is_asked_to_measure_its_speed_again(devit_bundle) -> None:
+    c = Coordinator(ModelCatalog([devit_bundle]), CoordinatorConfig(heartbeat_interval_s=1.0))
+    try:
+        for name in ("a", "b", "c", "d"):
+            c.register(_info(name, 1.0))
+        c.config.spare_calibration_s = 0.0  # (while they joined, some were spares for a moment)
+        idle, _ = c.register(_info("idle", 0.01))  # calibrated far too low (something else had the CPU)
+        assert not c.registry.get(idle.device_id).primary_keys
+        assert c.registry.get(idle.device_id).calibration == "requested"
+        assert all(not r.calibration for r in c.registry.records() if r.info.name != "idle")
+    finally:
+        c.stop()
