@@ -303,6 +303,17 @@ def _register(t: FuzzTarget, rng: random.Random) -> tuple[bytes, frozenset]:
     return v1.RegisterRequest(device=device).SerializeToString(), BAD_ARG
 
 
+def _register_speed(t: FuzzTarget, rng: random.Random) -> tuple[bytes, frozenset]:
+    """A device reporting a speed no device has: zero, negative, not a number, absurdly fast."""
+    speed = v1.DeviceSpeed(relative_speed=rng.choice([0.0, -1.0, float("nan"), float("inf"), 1e9]))
+    device = v1.DeviceInfo(name="fuzz-" + str(rng.randint(0, 99)), address="127.0.0.1:1", speed=speed)
+    return v1.RegisterRequest(device=device).SerializeToString(), BAD_ARG
+
+
+def _calibrate(t: FuzzTarget, rng: random.Random) -> tuple[bytes, frozenset]:
+    return v1.CalibrateRequest(device_names=[_unknown_name(rng)]).SerializeToString(), NOT_FOUND
+
+
 def _heartbeat(t: FuzzTarget, rng: random.Random) -> tuple[bytes, frozenset]:
     if rng.random() < 0.3:
         return v1.HeartbeatRequest(cpu_percent=rng.random() * 100).SerializeToString(), BAD_ARG
@@ -459,7 +470,9 @@ CASES: tuple[Case, ...] = (
     Case("metadata-unknown-version", "oip", "ModelMetadata", _metadata("version")),
     Case("ready-unknown-model", "oip", "ModelReady", _ready),
     Case("register-incomplete", "coordinator", "Register", _register),
+    Case("register-speed", "coordinator", "Register", _register_speed),
     Case("heartbeat-unknown", "coordinator", "Heartbeat", _heartbeat),
+    Case("calibrate-unknown", "coordinator", "Calibrate", _calibrate),
     Case("fetch-bundle", "coordinator", "FetchPart", _fetch("bundle"), streaming=True),
     Case("fetch-part", "coordinator", "FetchPart", _fetch("part"), streaming=True),
     Case("fetch-offset", "coordinator", "FetchPart", _fetch("offset"), streaming=True),

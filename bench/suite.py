@@ -2,7 +2,10 @@
 
 Each part is a function ``run_benchmark(out_dir: Path, quick: bool) -> dict`` in its own role's
 module; its dict carries a ``targets`` list of rows ``{name, ours, target, anchor, met}`` that the
-report renders side by side (a row's ``ours_text``, when it has one, is shown instead of ``ours``). A part that fails is recorded as failed and the others still run.
+report renders side by side (a row's ``ours_text``, when it has one, is shown instead of
+``ours``). A part that fails is recorded as failed and the others still run; a part that cannot
+run on this machine (the fleet placement bench without root) says ``"status": "skipped"`` with
+the reason, which does not fail the run.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ PARTS: dict[str, str] = {
     "rl": "coinfer.bench.rl",
     "runtime": "coinfer.bench.runtime",
     "reliability": "coinfer.bench.reliability",
+    "fleet_placement": "coinfer.bench.fleet_placement",
 }
 
 
@@ -70,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         results[name] = result
     (out / "REPORT.md").write_text(render_report(with_earlier_parts(results, out), quick=args.quick))
     print(f"wrote {out / 'REPORT.md'}")
-    return 0 if all(r.get("status") == "ok" for r in results.values()) else 1
+    return 0 if all(r.get("status") in ("ok", "skipped") for r in results.values()) else 1
 
 
 def _part_options(args: argparse.Namespace) -> dict:
@@ -126,7 +130,8 @@ def render_report(results: dict[str, dict], quick: bool) -> str:
     for name, result in results.items():
         lines += [f"## {name}", ""]
         if result.get("status") != "ok":
-            lines += [f"**failed**: {result.get('error', 'unknown error')}", ""]
+            verdict = "skipped" if result.get("status") == "skipped" else "failed"
+            lines += [f"**{verdict}**: {result.get('error', 'unknown error')}", ""]
             continue
         rows = result.get("targets", [])
         if rows:

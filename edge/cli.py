@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rpc-timeout-s", type=float, default=10.0, help="deadline of each call to the coordinator (default 10 s)")
     p.add_argument("--coordinator-ca", type=Path, help="PEM CA to verify a TLS coordinator (with --tls-cert/--tls-key: mutual TLS)")
     p.add_argument("--distance-m", type=float, default=0.0, help="distance to the edge server told to the scheduler (default 0 = unknown)")
+    p.add_argument("--speed", type=float, help="this device's speed relative to the reference workload (docs/runtime.md), "
+                   "for an owner who knows it; default: measured at start and whenever the coordinator asks")
+    p.add_argument("--calibration-s", type=float, default=1.0, help="how long the speed calibration runs (default 1 s)")
     p.set_defaults(handler=_edge)
 
 
@@ -47,7 +50,8 @@ def _edge(args: argparse.Namespace) -> int:
     )
     server = serve_edge(
         args.coordinator, args.name, server_options_from_args(args), advertise=args.advertise or "", cache_dir=args.cache_dir,
-        security=security, rpc_timeout_s=args.rpc_timeout_s, distance_m=args.distance_m, metrics_port=args.metrics_port,
+        security=security, rpc_timeout_s=args.rpc_timeout_s, distance_m=args.distance_m, speed=args.speed,
+        calibration_s=args.calibration_s, metrics_port=args.metrics_port,
     )
     print(f"edge {args.name!r} serving on {server.address}, coordinator {args.coordinator}", flush=True)
     write_port_file(args.port_file, server.address)

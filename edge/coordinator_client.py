@@ -9,6 +9,7 @@ daemon's logic never handles grpc.RpcError itself.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import grpc
@@ -29,6 +30,19 @@ from coinfer.protos.v1 import (
     device_info_to_proto,
     load_report_to_proto,
 )
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    """What the coordinator answered to a heartbeat."""
+
+    assignment: Assignment
+    interval_s: float
+    """When to send the next one."""
+    rtt_ms: float
+    """Round trip of this heartbeat."""
+    calibrate: bool
+    """The coordinator asks the device to measure its speed again."""
 
 
 class CoordinatorClient:
@@ -66,15 +80,15 @@ class CoordinatorClient:
             raise error_from_rpc(exc, f"Register with the coordinator at {self.target}") from exc
         return reply.device_id, assignment_from_proto(reply.assignment), reply.heartbeat_interval_ms / 1e3
 
-    def heartbeat(self, device_id: str, name: str, report: LoadReport) -> tuple[Assignment, float, float]:
-        """(current assignment, heartbeat interval in s, round trip in ms); FailedPrecondition = register again."""
+    def heartbeat(self, device_id: str, name: str, report: LoadReport) -> HeartbeatReply:
+        """The coordinator's answer; FailedPrecondition = register again."""
         started = time.perf_counter()
         try:
             reply = self._stub.Heartbeat(load_report_to_proto(device_id, name, report), timeout=self.timeout_s)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"Heartbeat to the coordinator at {self.target}") from exc
         rtt_ms = (time.perf_counter() - started) * 1e3
-        return assignment_from_proto(reply.assignment), reply.heartbeat_interval_ms / 1e3, rtt_ms
+        return HeartbeatReply(assignment_from_proto(reply.assignment), reply.heartbeat_interval_ms / 1e3, rtt_ms, reply.calibrate)
 
     def fetch_part(self, bundle: str, part: str, offset: int = 0) -> Iterator[v1.PartChunk]:
         """The chunks of one part file from ``offset``; the whole stream shares one deadline."""

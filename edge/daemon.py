@@ -1,11 +1,13 @@
 """The device daemon's control side: register, hold the assigned parts, heartbeat, apply decisions.
 
-A control thread registers with the coordinator (retrying with backoff until it answers),
-downloads and loads the parts of its assignment, then heartbeats at the interval the
+A control thread measures the device's speed (`calibration.py`, about a second; or takes the
+one its owner configured), registers with the coordinator (retrying with backoff until it
+answers), downloads and loads the parts of its assignment, then heartbeats at the interval the
 coordinator asks for (one scheduler slot when a scheduler runs). Each heartbeat reports CPU,
 memory and temperature (psutil), requests in each stage, the measured uplink throughput,
-the previous heartbeat's round trip and the uplink energy; its answer carries the current
-assignment. A new generation is loaded beside the old one (only new parts are downloaded
+the previous heartbeat's round trip, the uplink energy, the speed and the moving estimate of
+each DeViT sub-model's compute time; its answer carries the current assignment, and may ask
+for a new calibration, which runs before the next heartbeat. A new generation is loaded beside the old one (only new parts are downloaded
 and loaded) and swapped in atomically, so requests apply it from the next one. A coordinator
 that forgot the device (FAILED_PRECONDITION after a restart) is registered with again.
 Downloads and loading run on their own thread, so heartbeats go on meanwhile (a device busy
@@ -27,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from coinfer.core.errors import CoinferError, FailedPrecondition, Unavailable
+from coinfer.edge.calibration import DEFAULT_SECONDS, calibrate, configured
 from coinfer.edge.coordinator_client import CoordinatorClient
 from coinfer.edge.inference import EdgeInference
 from coinfer.edge.loaded import LoadedAssignment, ModuleStore
@@ -36,7 +39,7 @@ from coinfer.edge.stats import EdgeStats
 from coinfer.protos.oip import ParameterValue
 from coinfer.serving.oip_service import InferCall
 from coinfer.serving.security import ClientSecurity
-from coinfer.protos.v1 import Assignment, DeviceInfo
+from coinfer.protos.v1 import Assignment, DeviceInfo, DeviceSpeed
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,10 @@ class EdgeConfig:
     """Distance to the edge server told to the scheduler (0 = unknown)."""
     fallback_hold_s: float = 1.0
     """After an offload finds the coordinator unreachable, answer alone this long before trying it again."""
+    speed: float | None = None
+    """Relative speed the owner gives (`--speed`); None = measure it (at start and when asked)."""
+    calibration_s: float = DEFAULT_SECONDS
+    """How long the calibration times the reference workload."""
 
 
 class EdgeDaemon:
@@ -135,19 +142,39 @@ class EdgeDaemon:
             cpu_count=os.cpu_count() or 0,
             memory_total_bytes=int(psutil.virtual_memory().total),
             distance_m=self.config.distance_m,
+            speed=self.stats.speed,
         )
+
+    def measure_speed(self) -> DeviceSpeed:
+        """Calibrate (or take the configured speed), keep it for the next report, and export it."""
+        speed = configured(self.config.speed) if self.config.speed is not None else calibrate(self.config.calibration_s)
+        self.stats.speed = speed
+        self.metrics.relative_speed.set(speed.relative_speed)
+        if speed.source == "calibrated":
+            self.metrics.calibrations.inc()
+        log.info("speed %.3f (%s, %s, %d thread(s), %s)", speed.relative_speed, speed.source, speed.reference,
+                 speed.threads, speed.cpu_model or "unknown CPU")
+        return speed
 
     def _control_loop(self) -> None:
         backoff = self.config.retry_initial_s
         while not self._stop.is_set():
             try:
+                if self.stats.speed is None:
+                    self.measure_speed()
+                calibrate = False
                 if not self.device_id:
                     self.device_id, assignment, self._interval_s = self.client.register(self._device_info())
                     log.info("registered with %s as %s", self.config.coordinator, self.device_id)
                 else:
                     report = self.stats.report(self._generation(), self._parts_held())
-                    assignment, self._interval_s, self.stats.rtt_ms = self.client.heartbeat(self.device_id, self.config.name, report)
+                    reply = self.client.heartbeat(self.device_id, self.config.name, report)
+                    assignment, self._interval_s, self.stats.rtt_ms = reply.assignment, reply.interval_s, reply.rtt_ms
+                    calibrate = reply.calibrate
                 self._want(assignment)
+                if calibrate:
+                    log.info("the coordinator asks for a new calibration")
+                    self.measure_speed()
                 backoff = self.config.retry_initial_s
                 self._stop.wait(self._interval_s)
             except FailedPrecondition as exc:
@@ -212,6 +239,7 @@ class EdgeDaemon:
         """Download, verify and load what the assignment needs, then swap it in."""
         previous = self._loaded
         self._loaded = self.store.load(assignment, self.client.fetch_part)
+        self.stats.forget_submodels({ref.key for ref in assignment.submodels})
         m = self.metrics
         m.generation.set(assignment.generation)
         m.split_point.set(assignment.split_point)
@@ -240,5 +268,14 @@ class EdgeDaemon:
         return self.inference.split(loaded, images, call or InferCall("", {}))
 
     def run_submodel(self, model_name: str, bundle: str, part: str, images: np.ndarray) -> tuple[np.ndarray, float]:
-        """A DeViT sub-model's features for uint8 images, and the milliseconds it took."""
-        return self.inference.submodel(self._loaded, model_name, bundle, part, images)
+        """A DeViT sub-model's features for uint8 images, and the milliseconds it took (which
+        refine the moving estimate of its compute time)."""
+        loaded = self._loaded
+        feature, compute_ms = self.inference.submodel(loaded, model_name, bundle, part, images)
+        refs = loaded.assignment.submodels if loaded is not None else ()
+        index = next((r.index for r in refs if r.model_name == model_name and r.bundle == bundle and r.part == part), None)
+        if index is not None:
+            held_with = tuple(sorted(r.index for r in refs if r.model_name == model_name))
+            estimate_ms = self.stats.submodel_computed(model_name, index, held_with, compute_ms, len(images))
+            self.metrics.submodel_estimate.labels(model_name, str(index)).set(estimate_ms / 1e3)
+        return feature, compute_ms

@@ -1,4 +1,4 @@
-"""The edge daemon's Prometheus metrics: compute, offloads, fallbacks, sub-model calls, its decision.
+"""The edge daemon's Prometheus metrics: compute, offloads, fallbacks, sub-model calls, its decision, its speed.
 
 The front door's per-model request counter and latency histogram come from `protos.metrics`
 (labelled with this device's name).
@@ -37,3 +37,11 @@ class EdgeMetrics(DaemonMetrics):
         self.sub_channel = Gauge("coinfer_edge_sub_channel", "Uplink sub-channel this device uses", registry=r)
         self.power_w = Gauge("coinfer_edge_power_watts", "Uplink transmit power this device uses", registry=r)
         self.generation = Gauge("coinfer_edge_assignment_generation", "Generation of the assignment this device runs", registry=r)
+        self.relative_speed = Gauge(
+            "coinfer_edge_relative_speed", "Speed this device reports, relative to the reference workload (measured or configured)", registry=r
+        )
+        self.calibrations = Counter("coinfer_edge_calibrations", "Times this device measured its speed", registry=r)
+        self.submodel_estimate = Gauge(
+            "coinfer_edge_submodel_compute_estimate_seconds", "Moving estimate of each held DeViT sub-model's compute time per call",
+            ["model", "index"], registry=r,
+        )

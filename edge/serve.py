@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from coinfer.core.errors import InvalidInput
+from coinfer.edge.calibration import DEFAULT_SECONDS
 from coinfer.edge.daemon import EdgeConfig, EdgeDaemon
 from coinfer.edge.metrics import EdgeMetrics
 from coinfer.edge.servicer import EDGE_SERVICE_NAME, EdgeModels, EdgeServicer
@@ -102,6 +103,8 @@ def serve_edge(
     security: ClientSecurity | None = None,
     rpc_timeout_s: float = 10.0,
     distance_m: float = 0.0,
+    speed: float | None = None,
+    calibration_s: float = DEFAULT_SECONDS,
     metrics_port: int = 0,
 ) -> EdgeServer:
     """Start a device daemon in this process: it serves at once and registers with ``coordinator``.
@@ -111,12 +114,20 @@ def serve_edge(
     free one: read ``handle.address``) or whole `ServerOptions`; ``advertise`` is the address
     the coordinator should call (default the bound one); parts are kept in ``cache_dir``
     (default `default_cache_dir`); ``security`` is how to reach a TLS coordinator (and the
-    bearer token). The daemon turns ready once its parts are loaded. ``handle.stop()`` stops it.
+    bearer token). ``speed`` is the device's relative speed when it is known (None: measured by a
+    reference workload of ``calibration_s`` seconds at start). The daemon turns ready once its
+    parts are loaded. ``handle.stop()`` stops it.
     """
     if rpc_timeout_s <= 0:  # the messages name the command's flags
         raise InvalidInput(f"--rpc-timeout-s must be positive, got {rpc_timeout_s}")
     if distance_m < 0:
         raise InvalidInput(f"--distance-m must not be negative, got {distance_m}")
+    if speed is not None:
+        from coinfer.protos.v1 import DeviceSpeed, check_speed
+
+        check_speed(DeviceSpeed(speed, source="configured"), "--speed")
+    if not 0.05 <= calibration_s <= 60:
+        raise InvalidInput(f"--calibration-s must be between 0.05 and 60, got {calibration_s}")
     config = EdgeConfig(
         name=name,
         coordinator=coordinator,
@@ -125,6 +136,8 @@ def serve_edge(
         security=security or ClientSecurity(),
         rpc_timeout_s=rpc_timeout_s,
         distance_m=distance_m,
+        speed=speed,
+        calibration_s=calibration_s,
     )
     options = ServerOptions(listen=listen) if isinstance(listen, str) else listen
     return start_edge(config, options, metrics_port=metrics_port)

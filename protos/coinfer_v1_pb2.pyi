@@ -27,7 +27,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("name", "address", "platform", "cpu_count", "memory_total_bytes", "profile", "distance_m")
+    __slots__ = ("name", "address", "platform", "cpu_count", "memory_total_bytes", "profile", "distance_m", "speed")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class DeviceInfo(_message.Message):
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_M_FIELD_NUMBER: _ClassVar[int]
+    SPEED_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     platform: str
@@ -42,7 +43,38 @@ class DeviceInfo(_message.Message):
     memory_total_bytes: int
     profile: str
     distance_m: float
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., platform: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., profile: _Optional[str] = ..., distance_m: _Optional[float] = ...) -> None: ...
+    speed: DeviceSpeed
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., platform: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., profile: _Optional[str] = ..., distance_m: _Optional[float] = ..., speed: _Optional[_Union[DeviceSpeed, _Mapping]] = ...) -> None: ...
+
+class DeviceSpeed(_message.Message):
+    __slots__ = ("relative_speed", "source", "reference", "calibration_ms", "cpu_model", "threads")
+    RELATIVE_SPEED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_MS_FIELD_NUMBER: _ClassVar[int]
+    CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    relative_speed: float
+    source: str
+    reference: str
+    calibration_ms: float
+    cpu_model: str
+    threads: int
+    def __init__(self, relative_speed: _Optional[float] = ..., source: _Optional[str] = ..., reference: _Optional[str] = ..., calibration_ms: _Optional[float] = ..., cpu_model: _Optional[str] = ..., threads: _Optional[int] = ...) -> None: ...
+
+class SubModelTiming(_message.Message):
+    __slots__ = ("model_name", "index", "compute_ms", "calls", "images_per_call")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_PER_CALL_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    index: int
+    compute_ms: float
+    calls: int
+    images_per_call: float
+    def __init__(self, model_name: _Optional[str] = ..., index: _Optional[int] = ..., compute_ms: _Optional[float] = ..., calls: _Optional[int] = ..., images_per_call: _Optional[float] = ...) -> None: ...
 
 class PartRef(_message.Message):
     __slots__ = ("bundle", "name", "sha256", "size_bytes", "role", "config_json", "inputs", "outputs")
@@ -119,16 +151,20 @@ class SplitPointPlan(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., device_parts: _Optional[_Iterable[str]] = ..., offload: _Optional[bool] = ..., codec_bits: _Optional[int] = ..., codec_compress: _Optional[_Union[Compression, str]] = ...) -> None: ...
 
 class SubModelRef(_message.Message):
-    __slots__ = ("model_name", "bundle", "part", "index")
+    __slots__ = ("model_name", "bundle", "part", "index", "sized_for_speed", "replica")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
+    SIZED_FOR_SPEED_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     bundle: str
     part: str
     index: int
-    def __init__(self, model_name: _Optional[str] = ..., bundle: _Optional[str] = ..., part: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+    sized_for_speed: float
+    replica: bool
+    def __init__(self, model_name: _Optional[str] = ..., bundle: _Optional[str] = ..., part: _Optional[str] = ..., index: _Optional[int] = ..., sized_for_speed: _Optional[float] = ..., replica: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "platform", "inputs", "outputs")
@@ -159,7 +195,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("device_id", "name", "cpu_percent", "memory_percent", "temperature_c", "queue_length", "assignment_generation", "parts_held", "rtt_ms", "uplink_bytes_per_s", "in_compute", "in_offload", "requests_total", "uplink_energy_j")
+    __slots__ = ("device_id", "name", "cpu_percent", "memory_percent", "temperature_c", "queue_length", "assignment_generation", "parts_held", "rtt_ms", "uplink_bytes_per_s", "in_compute", "in_offload", "requests_total", "uplink_energy_j", "speed", "submodel_timings")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +210,8 @@ class HeartbeatRequest(_message.Message):
     IN_OFFLOAD_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     UPLINK_ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    SPEED_FIELD_NUMBER: _ClassVar[int]
+    SUBMODEL_TIMINGS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     name: str
     cpu_percent: float
@@ -188,15 +226,19 @@ class HeartbeatRequest(_message.Message):
     in_offload: int
     requests_total: int
     uplink_energy_j: float
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., temperature_c: _Optional[float] = ..., queue_length: _Optional[int] = ..., assignment_generation: _Optional[int] = ..., parts_held: _Optional[_Iterable[str]] = ..., rtt_ms: _Optional[float] = ..., uplink_bytes_per_s: _Optional[float] = ..., in_compute: _Optional[int] = ..., in_offload: _Optional[int] = ..., requests_total: _Optional[int] = ..., uplink_energy_j: _Optional[float] = ...) -> None: ...
+    speed: DeviceSpeed
+    submodel_timings: _containers.RepeatedCompositeFieldContainer[SubModelTiming]
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., temperature_c: _Optional[float] = ..., queue_length: _Optional[int] = ..., assignment_generation: _Optional[int] = ..., parts_held: _Optional[_Iterable[str]] = ..., rtt_ms: _Optional[float] = ..., uplink_bytes_per_s: _Optional[float] = ..., in_compute: _Optional[int] = ..., in_offload: _Optional[int] = ..., requests_total: _Optional[int] = ..., uplink_energy_j: _Optional[float] = ..., speed: _Optional[_Union[DeviceSpeed, _Mapping]] = ..., submodel_timings: _Optional[_Iterable[_Union[SubModelTiming, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("assignment", "heartbeat_interval_ms")
+    __slots__ = ("assignment", "heartbeat_interval_ms", "calibrate")
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATE_FIELD_NUMBER: _ClassVar[int]
     assignment: Assignment
     heartbeat_interval_ms: int
-    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    calibrate: bool
+    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ..., calibrate: _Optional[bool] = ...) -> None: ...
 
 class FetchPartRequest(_message.Message):
     __slots__ = ("bundle", "part", "offset", "chunk_bytes")
@@ -263,13 +305,45 @@ class ListDevicesRequest(_message.Message):
     def __init__(self, include_stale: _Optional[bool] = ...) -> None: ...
 
 class ListDevicesResponse(_message.Message):
-    __slots__ = ("devices",)
+    __slots__ = ("devices", "models")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[DeviceStatus]
-    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[ModelPlacement]
+    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelPlacement, _Mapping]]] = ...) -> None: ...
+
+class ModelPlacement(_message.Message):
+    __slots__ = ("model_name", "policy", "critical_path_ms", "optimal_critical_path_ms", "sized_for_speeds", "fleet_matches", "mismatch")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    CRITICAL_PATH_MS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMAL_CRITICAL_PATH_MS_FIELD_NUMBER: _ClassVar[int]
+    SIZED_FOR_SPEEDS_FIELD_NUMBER: _ClassVar[int]
+    FLEET_MATCHES_FIELD_NUMBER: _ClassVar[int]
+    MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    policy: str
+    critical_path_ms: float
+    optimal_critical_path_ms: float
+    sized_for_speeds: _containers.RepeatedScalarFieldContainer[float]
+    fleet_matches: bool
+    mismatch: str
+    def __init__(self, model_name: _Optional[str] = ..., policy: _Optional[str] = ..., critical_path_ms: _Optional[float] = ..., optimal_critical_path_ms: _Optional[float] = ..., sized_for_speeds: _Optional[_Iterable[float]] = ..., fleet_matches: _Optional[bool] = ..., mismatch: _Optional[str] = ...) -> None: ...
+
+class CalibrateRequest(_message.Message):
+    __slots__ = ("device_names",)
+    DEVICE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    device_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CalibrateResponse(_message.Message):
+    __slots__ = ("device_names",)
+    DEVICE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    device_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeviceStatus(_message.Message):
-    __slots__ = ("device_id", "info", "assignment", "last_report", "seconds_since_heartbeat", "live", "offloads", "submodel_calls", "submodel_failures")
+    __slots__ = ("device_id", "info", "assignment", "last_report", "seconds_since_heartbeat", "live", "offloads", "submodel_calls", "submodel_failures", "effective_speed", "expected_compute_ms", "calibration_pending")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +353,9 @@ class DeviceStatus(_message.Message):
     OFFLOADS_FIELD_NUMBER: _ClassVar[int]
     SUBMODEL_CALLS_FIELD_NUMBER: _ClassVar[int]
     SUBMODEL_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_SPEED_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_PENDING_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     info: DeviceInfo
     assignment: Assignment
@@ -288,7 +365,10 @@ class DeviceStatus(_message.Message):
     offloads: int
     submodel_calls: int
     submodel_failures: int
-    def __init__(self, device_id: _Optional[str] = ..., info: _Optional[_Union[DeviceInfo, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., last_report: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., seconds_since_heartbeat: _Optional[float] = ..., live: _Optional[bool] = ..., offloads: _Optional[int] = ..., submodel_calls: _Optional[int] = ..., submodel_failures: _Optional[int] = ...) -> None: ...
+    effective_speed: float
+    expected_compute_ms: float
+    calibration_pending: bool
+    def __init__(self, device_id: _Optional[str] = ..., info: _Optional[_Union[DeviceInfo, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., last_report: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., seconds_since_heartbeat: _Optional[float] = ..., live: _Optional[bool] = ..., offloads: _Optional[int] = ..., submodel_calls: _Optional[int] = ..., submodel_failures: _Optional[int] = ..., effective_speed: _Optional[float] = ..., expected_compute_ms: _Optional[float] = ..., calibration_pending: _Optional[bool] = ...) -> None: ...
 
 class RawTensor(_message.Message):
     __slots__ = ("datatype", "shape", "data")

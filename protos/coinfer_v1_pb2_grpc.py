@@ -60,6 +60,11 @@ class CoordinatorStub:
                 request_serializer=coinfer_dot_protos_dot_coinfer__v1__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=coinfer_dot_protos_dot_coinfer__v1__pb2.ListDevicesResponse.FromString,
                 _registered_method=True)
+        self.Calibrate = channel.unary_unary(
+                '/coinfer.v1.Coordinator/Calibrate',
+                request_serializer=coinfer_dot_protos_dot_coinfer__v1__pb2.CalibrateRequest.SerializeToString,
+                response_deserializer=coinfer_dot_protos_dot_coinfer__v1__pb2.CalibrateResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -102,6 +107,13 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calibrate(self, request, context):
+        """Asks devices to measure their speed again (at their next heartbeat); names the devices asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +141,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=coinfer_dot_protos_dot_coinfer__v1__pb2.ListDevicesRequest.FromString,
                     response_serializer=coinfer_dot_protos_dot_coinfer__v1__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'Calibrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Calibrate,
+                    request_deserializer=coinfer_dot_protos_dot_coinfer__v1__pb2.CalibrateRequest.FromString,
+                    response_serializer=coinfer_dot_protos_dot_coinfer__v1__pb2.CalibrateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +284,33 @@ class Coordinator:
             '/coinfer.v1.Coordinator/ListDevices',
             coinfer_dot_protos_dot_coinfer__v1__pb2.ListDevicesRequest.SerializeToString,
             coinfer_dot_protos_dot_coinfer__v1__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calibrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinfer.v1.Coordinator/Calibrate',
+            coinfer_dot_protos_dot_coinfer__v1__pb2.CalibrateRequest.SerializeToString,
+            coinfer_dot_protos_dot_coinfer__v1__pb2.CalibrateResponse.FromString,
             options,
             channel_credentials,
             insecure,

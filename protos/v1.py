@@ -8,12 +8,62 @@ role's logic touches generated classes, and both read the wire the same way.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from coinfer.core.bundle import PartSpec, TensorSpec
 from coinfer.core.errors import InvalidInput, NotFound
 from coinfer.core.split_point import PointPlan
 from coinfer.protos import coinfer_v1_pb2 as v1
+
+
+MAX_RELATIVE_SPEED = 1000.0
+"""Fastest speed a device may report (1000 x the reference); anything above is taken for a bug."""
+
+
+@dataclass(frozen=True)
+class DeviceSpeed:
+    """How fast a device computes, relative to the reference workload (docs/runtime.md)."""
+
+    relative_speed: float
+    """1.0 = as fast as the reference machine; 0.5 = half as fast."""
+    source: str = "calibrated"
+    """"calibrated" (measured by the daemon) or "configured" (given by its owner)."""
+    reference: str = ""
+    """Name and version of the reference workload."""
+    calibration_ms: float = 0.0
+    """Wall time the calibration ran (0 when configured)."""
+    cpu_model: str = ""
+    threads: int = 0
+    """Threads the daemon computes with (the calibration ran in as many)."""
+
+
+def check_speed(speed: DeviceSpeed, who: str) -> DeviceSpeed:
+    """The speed unchanged, or InvalidInput naming what is wrong with it (zero, negative, NaN, absurd)."""
+    value = speed.relative_speed
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InvalidInput(f"{who}: a relative speed of {value!r} is not a finite number > 0")
+    if value > MAX_RELATIVE_SPEED:
+        raise InvalidInput(
+            f"{who}: a relative speed of {value:g} is more than {MAX_RELATIVE_SPEED:g} times the reference; "
+            "refused as a measurement error"
+        )
+    if speed.threads < 0:
+        raise InvalidInput(f"{who}: {speed.threads} threads")
+    return speed
+
+
+@dataclass(frozen=True)
+class SubModelTiming:
+    """A device's moving estimate of one DeViT sub-model's compute time, from real requests."""
+
+    model_name: str
+    index: int
+    compute_ms: float
+    """Moving average of one call's compute time."""
+    calls: int
+    """Calls behind it (since the device's sub-models last changed)."""
+    images_per_call: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +79,8 @@ class DeviceInfo:
     profile: str = ""
     distance_m: float = 0.0
     """Configured distance to the edge server for the scheduler; 0 = unknown."""
+    speed: DeviceSpeed | None = None
+    """How fast it computes; None = it did not say."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +107,10 @@ class LoadReport:
     """Requests completed since the daemon started."""
     uplink_energy_j: float = 0.0
     """Transmit power x upload time summed over every offload so far."""
+    speed: DeviceSpeed | None = None
+    """The device's current speed (None = not reported)."""
+    submodel_timings: tuple[SubModelTiming, ...] = ()
+    """Moving estimates of the DeViT sub-models' compute times on the device."""
 
 
 # Compression setting of a point's latent: False, True, or None (only when it helps), as the codec takes it.
@@ -71,6 +127,15 @@ class SubModelRef:
     part: str
     index: int
     """Position of the sub-model in the fusion head's device order."""
+    sized_for_speed: float = 1.0
+    """Relative device speed the bundle sized the sub-model for."""
+    replica: bool = False
+    """A copy on a spare device, called when the primary holder cannot answer."""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """(model name, index): the sub-model, whichever device holds it."""
+        return (self.model_name, self.index)
 
 
 @dataclass(frozen=True)
@@ -235,7 +300,11 @@ def assignment_to_proto(a: Assignment, with_parts: bool = True) -> v1.Assignment
         codec_per_image=a.codec_per_image,
         fallback_parts=list(a.fallback_parts),
         submodels=[
-            v1.SubModelRef(model_name=s.model_name, bundle=s.bundle, part=s.part, index=s.index) for s in a.submodels
+            v1.SubModelRef(
+                model_name=s.model_name, bundle=s.bundle, part=s.part, index=s.index,
+                sized_for_speed=s.sized_for_speed, replica=s.replica,
+            )
+            for s in a.submodels
         ],
         forwarded_models=[model_info_to_proto(m) for m in a.forwarded_models],
     )
@@ -258,13 +327,38 @@ def assignment_from_proto(msg: v1.Assignment) -> Assignment:
         split_points=tuple(_point_from_proto(p) for p in msg.split_points),
         codec_per_image=msg.codec_per_image,
         fallback_parts=tuple(msg.fallback_parts),
-        submodels=tuple(SubModelRef(s.model_name, s.bundle, s.part, s.index) for s in msg.submodels),
+        submodels=tuple(
+            SubModelRef(s.model_name, s.bundle, s.part, s.index, s.sized_for_speed or 1.0, s.replica) for s in msg.submodels
+        ),
         forwarded_models=tuple(model_info_from_proto(m) for m in msg.forwarded_models),
     )
 
 
+def device_speed_to_proto(speed: DeviceSpeed) -> v1.DeviceSpeed:
+    return v1.DeviceSpeed(
+        relative_speed=speed.relative_speed,
+        source=speed.source,
+        reference=speed.reference,
+        calibration_ms=speed.calibration_ms,
+        cpu_model=speed.cpu_model,
+        threads=speed.threads,
+    )
+
+
+def device_speed_from_proto(msg: v1.DeviceSpeed) -> DeviceSpeed:
+    """The speed as sent; :func:`check_speed` decides whether it is believable."""
+    return DeviceSpeed(
+        relative_speed=msg.relative_speed,
+        source=msg.source,
+        reference=msg.reference,
+        calibration_ms=msg.calibration_ms,
+        cpu_model=msg.cpu_model,
+        threads=msg.threads,
+    )
+
+
 def device_info_to_proto(info: DeviceInfo) -> v1.DeviceInfo:
-    return v1.DeviceInfo(
+    msg = v1.DeviceInfo(
         name=info.name,
         address=info.address,
         platform=info.platform,
@@ -273,6 +367,9 @@ def device_info_to_proto(info: DeviceInfo) -> v1.DeviceInfo:
         profile=info.profile,
         distance_m=info.distance_m,
     )
+    if info.speed is not None:
+        msg.speed.CopyFrom(device_speed_to_proto(info.speed))
+    return msg
 
 
 def device_info_from_proto(msg: v1.DeviceInfo) -> DeviceInfo:
@@ -284,6 +381,7 @@ def device_info_from_proto(msg: v1.DeviceInfo) -> DeviceInfo:
         memory_total_bytes=msg.memory_total_bytes,
         profile=msg.profile,
         distance_m=msg.distance_m,
+        speed=device_speed_from_proto(msg.speed) if msg.HasField("speed") else None,
     )
 
 
@@ -302,9 +400,17 @@ def load_report_to_proto(device_id: str, name: str, report: LoadReport) -> v1.He
         in_offload=report.in_offload,
         requests_total=report.requests_total,
         uplink_energy_j=report.uplink_energy_j,
+        submodel_timings=[
+            v1.SubModelTiming(
+                model_name=t.model_name, index=t.index, compute_ms=t.compute_ms, calls=t.calls, images_per_call=t.images_per_call
+            )
+            for t in report.submodel_timings
+        ],
     )
     if report.temperature_c is not None:
         msg.temperature_c = report.temperature_c
+    if report.speed is not None:
+        msg.speed.CopyFrom(device_speed_to_proto(report.speed))
     return msg
 
 
@@ -322,4 +428,8 @@ def load_report_from_proto(msg: v1.HeartbeatRequest) -> LoadReport:
         in_offload=msg.in_offload,
         requests_total=msg.requests_total,
         uplink_energy_j=msg.uplink_energy_j,
+        speed=device_speed_from_proto(msg.speed) if msg.HasField("speed") else None,
+        submodel_timings=tuple(
+            SubModelTiming(t.model_name, t.index, t.compute_ms, t.calls, t.images_per_call) for t in msg.submodel_timings
+        ),
     )

@@ -5,7 +5,9 @@ errors); `servicer.py` converts to and from the wire. A device's assignment is b
 record whenever it asks: the split model's parts for every point (plus the whole model for
 running alone when the coordinator cannot be reached), the scheduler's current decision, the
 DeViT sub-models placed on it, and the DeViT models its front door forwards here. A
-maintenance thread re-places sub-models when devices come or go.
+maintenance thread re-places sub-models when devices come, go or change speed (by speed,
+`placement.py`, from what `fleet_model.py` expects of each device; or by count), and watches
+whether the live fleet still matches the speeds each DeViT bundle was sized for.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -26,11 +29,15 @@ from coinfer.protos.v1 import Assignment, DeviceInfo, LoadReport, PartRef, SubMo
 from coinfer.server.catalog import DEFAULT_CHUNK_BYTES, ModelCatalog, PartChunkData
 from coinfer.server.devit_service import Holder
 from coinfer.server.edge_clients import EdgeClients
+from coinfer.server.fleet_model import FleetEstimate, LiveDevice, SubModelSize, bundle_sizes, estimate, fleet_mismatch
 from coinfer.server.metrics import CoordinatorMetrics
-from coinfer.server.placement import place_submodels
+from coinfer.server.placement import DEFAULT_TOLERANCE, SpeedPlacement, SubModelKey, device_times_ms, place_by_speed, place_submodels
 from coinfer.server.registry import Decision, DeviceRecord, DeviceRegistry
 
 log = logging.getLogger(__name__)
+
+MISMATCH_WARN_EVERY_S = 60.0
+"""A fleet that keeps not matching a bundle's sizing is logged again this often."""
 
 
 @dataclass
@@ -53,6 +60,30 @@ class CoordinatorConfig:
     """Sub-channels handed out in registration order without a scheduler; None = the bundle's (2)."""
     suspect_s: float = 1.0
     """After a refused connection, the fan-out skips the device this long (its heartbeats decide after)."""
+    placement: Literal["speed", "count"] = "speed"
+    """DeViT sub-models placed to minimise the expected critical path, or spread by count (the old way)."""
+    placement_tolerance: float = DEFAULT_TOLERANCE
+    """A placement whose critical path is within this fraction of the optimum is left as it is."""
+    mismatch_grace_s: float = 5.0
+    """A fleet must stop matching a bundle's sizing this long before it is reported (devices joining one by one)."""
+    spare_calibration_s: float = 60.0
+    """A device running no sub-model is asked to measure its speed again this often: no request
+    times it, so a calibration that came out low would otherwise keep it idle for good."""
+
+
+@dataclass
+class ModelPlacementStatus:
+    """How one DeViT model's sub-models sit on the fleet now."""
+
+    model_name: str
+    policy: str
+    critical_path_ms: float = 0.0
+    optimal_critical_path_ms: float = 0.0
+    sized_for_speeds: tuple[float, ...] = ()
+    mismatch: str = ""
+    """Why the fleet does not match the sizing ("" = it matches, or has not stopped matching for long)."""
+    mismatch_since: float | None = field(default=None, repr=False)
+    warned_at: float | None = field(default=None, repr=False)
 
 
 def _tensor_specs(metas) -> tuple[TensorSpec, ...]:
@@ -84,6 +115,18 @@ class Coordinator:
         self.initial_decision: Callable[[int], Decision] = self._default_decision
         """Gives a newly registered device its first decision (the scheduler replaces it)."""
         catalog.attach_router(self)
+        if self.config.placement not in ("speed", "count"):
+            raise InvalidInput(f"placement must be 'speed' or 'count', got {self.config.placement!r}")
+        self.sizes: dict[SubModelKey, SubModelSize] = {s.key: s for m in catalog.devit.values() for s in bundle_sizes(m)}
+        self.fleet: FleetEstimate = estimate([], self.sizes)
+        self.placements: dict[str, ModelPlacementStatus] = {
+            name: ModelPlacementStatus(name, self.config.placement, sized_for_speeds=tuple(
+                self.sizes[(name, i)].sized_for_speed for i in range(m.num_submodels)))
+            for name, m in catalog.devit.items()
+        }
+        self._solved: tuple[tuple, SpeedPlacement, float] | None = None
+        self._solve_lock = threading.Lock()
+        self._spare_since: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         split = catalog.split
@@ -210,47 +253,139 @@ class Coordinator:
         """Re-place sub-models on the live devices, make-before-break.
 
         A sub-model moving to another device stays in its old holder's assignment until the new
-        holder reports it loaded, so a device joining never leaves a sub-model unserved.
+        primary holder reports it loaded, so a device joining never leaves a sub-model unserved.
         """
         if not self.catalog.devit:
             return
-        keys = [(m.name, i) for m in self.catalog.devit.values() for i in range(m.num_submodels)]
+        keys = list(self.sizes)
+        with self.registry.lock:
+            live = [r for r in self.registry.records(include_stale=True) if self.registry.is_live(r)]
+            fleet = estimate(
+                [LiveDevice(r.device_id, r.speed.relative_speed if r.speed else None, r.primary_keys, r.load) for r in live],
+                self.sizes,
+            )
+            holding = {r.device_id: {ref.key for ref in (*r.targets, *r.submodels)} for r in live}
+        plan = self._solve(fleet, holding)  # outside the lock: the fan-out reads the registry meanwhile
         with self.registry.lock:
             everyone = self.registry.records(include_stale=True)
             live = [r for r in everyone if self.registry.is_live(r)]
-            current = {r.device_id: [(s.model_name, s.index) for s in r.targets] for r in everyone}
-            placed = place_submodels(keys, current, [r.device_id for r in live])
-            owner: dict[tuple[str, int], DeviceRecord] = {}
+            if [r.device_id for r in live] != list(fleet.devices):
+                return  # a device came or went meanwhile: the next round places again
+            if self.config.placement == "count":
+                current = {r.device_id: list(r.primary_keys) for r in everyone}
+                primaries = place_submodels(keys, current, [r.device_id for r in live])
+                replicas: dict[str, tuple[SubModelKey, ...]] = {}
+            else:
+                primaries, replicas = plan.primaries, plan.replicas
+            moved = Counter(key[0] for r in live for key in primaries.get(r.device_id, ()) if key not in r.primary_keys)
             for record in everyone:
-                targets = tuple(self._submodel_ref(key) for key in placed.get(record.device_id, ()))
+                targets = tuple(self._submodel_ref(key) for key in primaries.get(record.device_id, ()))
+                targets += tuple(self._submodel_ref(key, replica=True) for key in replicas.get(record.device_id, ()))
                 self.registry.update(record.device_id, targets=targets)
-                for key in placed.get(record.device_id, ()):
-                    owner[key] = record
+            owner = {key: r for r in everyone for key in primaries.get(r.device_id, ())}
             for record in everyone:
                 keep: tuple[SubModelRef, ...] = ()
                 if self.registry.is_live(record):
+                    target_keys = {ref.key for ref in record.targets}
                     keep = tuple(
                         ref for ref in record.submodels
-                        if ref not in record.targets and not _has_loaded(owner.get((ref.model_name, ref.index)), ref)
+                        if ref.key not in target_keys and not _has_loaded(owner.get(ref.key), ref)
                     )
                 refs = record.targets + keep
                 if self.registry.update(record.device_id, submodels=refs):
-                    log.info("device %r now runs sub-models %s", record.info.name, [f"{r.model_name}#{r.index}" for r in refs] or "none")
+                    log.info("device %r now runs sub-models %s", record.info.name, [_label(r) for r in refs] or "none")
+            self.fleet = fleet
+            self._update_placement_status(fleet, primaries, plan, {r.device_id: r.info.name for r in live}, moved)
+            self._recalibrate_spares(live)
 
-    def _submodel_ref(self, key: tuple[str, int]) -> SubModelRef:
+    def _recalibrate_spares(self, live: Sequence[DeviceRecord]) -> None:
+        """Ask devices that have run no sub-model for ``spare_calibration_s`` to measure their speed again."""
+        now = time.monotonic()
+        spares = {r.device_id: r for r in live if not r.primary_keys}
+        self._spare_since = {d: self._spare_since.get(d, now) for d in spares}
+        for device_id, since in self._spare_since.items():
+            record = spares[device_id]
+            if now - since >= self.config.spare_calibration_s and not record.calibration:
+                record.calibration = "requested"
+                self._spare_since[device_id] = now
+                log.info("device %r runs no sub-model: asked to measure its speed again", record.info.name)
+
+    def _solve(self, fleet: FleetEstimate, holding: Mapping[str, set[SubModelKey]]) -> SpeedPlacement:
+        """The speed placement, solved again only when its inputs changed (in shape, not in scale)."""
+        total = sum(fleet.work_ms.values()) or 1.0
+        signature = (
+            tuple((k, round(w / total, 3)) for k, w in fleet.work_ms.items()),
+            tuple((d, round(s, 3)) for d, s in fleet.speeds.items()),
+            tuple((d, tuple(sorted(keys))) for d, keys in holding.items()),
+        )
+        with self._solve_lock:
+            if self._solved is None or self._solved[0] != signature:
+                plan = place_by_speed(fleet.work_ms, fleet.speeds, holding, tolerance=self.config.placement_tolerance)
+                if not plan.exact:
+                    log.warning("%d sub-models are too many to place exactly: the placement is the greedy one", len(fleet.work_ms))
+                self._solved = (signature, plan, total)
+            _, plan, solved_total = self._solved
+        return plan if solved_total == total else _rescaled(plan, total / solved_total)
+
+    def _update_placement_status(
+        self,
+        fleet: FleetEstimate,
+        primaries: Mapping[str, tuple[SubModelKey, ...]],
+        plan: SpeedPlacement,
+        names: Mapping[str, str],
+        moved: Mapping[str, int],
+    ) -> None:
+        times = device_times_ms(primaries, fleet.work_ms, fleet.speeds)
+        now = time.monotonic()
+        for name, count in moved.items():
+            self.metrics.placement_moves.labels(name).inc(count)
+        for name, status in self.placements.items():
+            holders = {key: d for d, keys in primaries.items() for key in keys if key[0] == name}
+            status.critical_path_ms = max((times[d] for d in set(holders.values())), default=0.0)
+            status.optimal_critical_path_ms = plan.optimal_critical_path_ms
+            sized = {(name, i): s for i, s in enumerate(status.sized_for_speeds)}
+            problem = fleet_mismatch(sized, holders, fleet.speeds, names)
+            if not problem:
+                if status.mismatch:
+                    log.info("DeViT model %r: the live fleet matches the speeds it was sized for again", name)
+                status.mismatch, status.mismatch_since, status.warned_at = "", None, None
+                continue
+            if status.mismatch_since is None:
+                status.mismatch_since = now
+            if now - status.mismatch_since < self.config.mismatch_grace_s:
+                continue
+            status.mismatch = problem
+            if status.warned_at is None or now - status.warned_at >= MISMATCH_WARN_EVERY_S:
+                status.warned_at = now
+                log.warning(
+                    "DeViT model %r was sized for device speeds %s, and the live fleet no longer matches: %s. Measure the fleet "
+                    "(coinfer fleet --coordinator ADDR --out speeds.json) and decompose for it (coinfer decompose --fleet speeds.json)",
+                    name, ", ".join(f"{s:.2f}" for s in status.sized_for_speeds), problem,
+                )
+
+    def calibrate(self, names: Sequence[str] = ()) -> list[str]:
+        """Ask live devices (all when none are named) to measure their speed again; the names asked."""
+        asked = self.registry.request_calibration(names)
+        log.info("asked %s to measure their speed again", ", ".join(asked) or "no device")
+        return asked
+
+    def _submodel_ref(self, key: SubModelKey, replica: bool = False) -> SubModelRef:
         model = self.catalog.devit[key[0]]
-        return SubModelRef(model.name, model.bundle.name, model.submodel_parts[key[1]], key[1])
+        sized = self.sizes[key].sized_for_speed
+        return SubModelRef(model.name, model.bundle.name, model.submodel_parts[key[1]], key[1], sized, replica)
 
     def holders(self, model_name: str) -> dict[int, Holder]:
-        """Sub-model index -> a live device that reported it loaded: its placed owner first, a
-        reachable one before one that just refused a connection (which is then skipped)."""
-        best: dict[int, tuple[tuple[bool, bool], Holder]] = {}
+        """Sub-model index -> a live device that reported it loaded: a reachable one before one
+        that just refused a connection (which is then skipped); its primary holder first, then
+        one still handing it over, then a replica."""
+        best: dict[int, tuple[tuple[bool, int], Holder]] = {}
         for record in self.registry.records():
             suspect = self.registry.is_suspect(record)
             skip = f"refused a connection less than {self.config.suspect_s:g} s ago; skipped meanwhile" if suspect else ""
+            role = {ref.key: 2 if ref.replica else 0 for ref in record.targets}
             for ref in record.submodels:
                 if ref.model_name == model_name and f"{ref.bundle}/{ref.part}" in record.held:
-                    rank = (suspect, ref not in record.targets)
+                    rank = (suspect, role.get(ref.key, 1))
                     if ref.index not in best or rank < best[ref.index][0]:
                         best[ref.index] = (rank, Holder(record.device_id, record.info.name, record.info.address, skip))
         return {index: holder for index, (_, holder) in best.items()}
@@ -309,7 +444,38 @@ class Coordinator:
                 m.device_queue.labels(name).set(record.load.queue_length)
                 m.device_rtt.labels(name).set(record.load.rtt_ms / 1e3)
                 m.device_uplink.labels(name).set(record.load.uplink_bytes_per_s)
+            if record.speed is not None:
+                m.device_speed.labels(name).set(record.speed.relative_speed)
+            estimate_ = self.fleet.devices.get(record.device_id)
+            if estimate_ is not None:
+                m.device_effective_speed.labels(name).set(estimate_.effective_speed)
+                m.device_expected_compute.labels(name).set(self.expected_compute_ms(record) / 1e3)
+        for status in self.placements.values():
+            m.critical_path.labels(status.model_name).set(status.critical_path_ms / 1e3)
+            m.optimal_critical_path.labels(status.model_name).set(status.optimal_critical_path_ms / 1e3)
+            m.fleet_mismatch.labels(status.model_name).set(1 if status.mismatch else 0)
+
+    def effective_speed(self, record: DeviceRecord) -> float:
+        """The speed placement uses for a device (its reported speed refined by real requests)."""
+        estimate_ = self.fleet.devices.get(record.device_id)
+        if estimate_ is not None:
+            return estimate_.effective_speed
+        return record.speed.relative_speed if record.speed is not None else 1.0
+
+    def expected_compute_ms(self, record: DeviceRecord) -> float:
+        """Expected compute time per request of the primaries a device holds."""
+        work = sum(self.fleet.work_ms.get(key, 0.0) for key in record.primary_keys)
+        return work / self.effective_speed(record)
 
 
 def _has_loaded(record: DeviceRecord | None, ref: SubModelRef) -> bool:
     return record is not None and f"{ref.bundle}/{ref.part}" in record.held
+
+
+def _label(ref: SubModelRef) -> str:
+    return f"{ref.model_name}#{ref.index}" + (" (replica)" if ref.replica else "")
+
+
+def _rescaled(plan: SpeedPlacement, factor: float) -> SpeedPlacement:
+    """The same placement with every expected time multiplied by ``factor`` (the work's scale moved)."""
+    return replace(plan, critical_path_ms=plan.critical_path_ms * factor, optimal_critical_path_ms=plan.optimal_critical_path_ms * factor)

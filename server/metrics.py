@@ -1,4 +1,5 @@
-"""The coordinator's Prometheus metrics: front door, offloads and sub-model calls per device, scheduler.
+"""The coordinator's Prometheus metrics: front door, offloads and sub-model calls per device, scheduler,
+device speeds and the placement of DeViT sub-models.
 
 Names follow Prometheus conventions (`_total` counters, `_seconds` histograms, base units). The
 front door's per-model request counter and latency histogram come from `protos.metrics`.
@@ -41,6 +42,31 @@ class CoordinatorMetrics(DaemonMetrics):
         self.device_queue = Gauge("coinfer_device_queue_length", "Requests on each device at its last heartbeat", ["device"], registry=r)
         self.device_rtt = Gauge("coinfer_device_rtt_seconds", "Heartbeat round trip each device measured", ["device"], registry=r)
         self.device_uplink = Gauge("coinfer_device_uplink_bytes_per_second", "Uplink throughput each device measured", ["device"], registry=r)
+        self.device_speed = Gauge(
+            "coinfer_device_relative_speed", "Speed each device reported, relative to the reference workload", ["device"], registry=r
+        )
+        self.device_effective_speed = Gauge(
+            "coinfer_device_effective_speed", "Speed placement uses: the reported one refined by real requests' compute time",
+            ["device"], registry=r,
+        )
+        self.device_expected_compute = Gauge(
+            "coinfer_device_expected_compute_seconds", "Expected compute time per request of the sub-models each device holds",
+            ["device"], registry=r,
+        )
+        self.critical_path = Gauge(
+            "coinfer_devit_expected_critical_path_seconds", "Expected critical path of each DeViT model as placed", ["model"], registry=r
+        )
+        self.optimal_critical_path = Gauge(
+            "coinfer_devit_optimal_critical_path_seconds", "Smallest critical path any placement on the live devices reaches",
+            ["model"], registry=r,
+        )
+        self.fleet_mismatch = Gauge(
+            "coinfer_devit_fleet_mismatch", "1 when the live fleet no longer matches the device speeds the bundle was sized for",
+            ["model"], registry=r,
+        )
+        self.placement_moves = Counter(
+            "coinfer_devit_placement_moves", "Sub-models placed on a device that did not hold them", ["model"], registry=r
+        )
         self.slots = Counter("coinfer_scheduler_slots", "Scheduler decision slots run", ["policy"], registry=r)
         self.decision_changes = Counter(
             "coinfer_scheduler_decision_changes", "Device decisions the scheduler changed", ["policy", "device"], registry=r

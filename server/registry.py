@@ -2,7 +2,9 @@
 
 A record holds what the device said (`DeviceInfo`, its last `LoadReport`), what the coordinator
 decided for it (the scheduler's `Decision`, the DeViT sub-models placed on it) and counters of
-the work done for it. Every change of a decision or a placement gives the record a new
+the work done for it. A speed that is not a finite number in (0, 1000] is refused with the
+registration or heartbeat that carries it (INVALID_ARGUMENT). A calibration asked for is told
+to the device in its next heartbeat's answer and counts as done at the heartbeat after. Every change of a decision or a placement gives the record a new
 assignment generation, taken from one counter so generations never repeat, not even across a
 re-registration. A device silent for longer than the timeout is stale: it stays listed, but the
 scheduler and the fan-out leave it out until it speaks again.
@@ -16,10 +18,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Sequence
 
-from coinfer.core.errors import FailedPrecondition, InvalidInput
-from coinfer.protos.v1 import DeviceInfo, LoadReport, SubModelRef
+from coinfer.core.errors import FailedPrecondition, InvalidInput, NotFound
+from coinfer.protos.v1 import DeviceInfo, DeviceSpeed, LoadReport, SubModelRef, check_speed
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,20 @@ class DeviceRecord:
     """Monotonic time until which the fan-out skips the device (it just refused a connection)."""
     held: frozenset[str] = field(default_factory=frozenset)
     """Parts the device reported loaded, as "bundle/part"."""
+    calibration: str = ""
+    """"" (none pending), "requested" (to tell the device) or "asked" (told, awaiting its new speed)."""
+
+    @property
+    def speed(self) -> DeviceSpeed | None:
+        """The device's latest speed: from its last heartbeat, else from its registration."""
+        if self.load is not None and self.load.speed is not None:
+            return self.load.speed
+        return self.info.speed
+
+    @property
+    def primary_keys(self) -> tuple[tuple[str, int], ...]:
+        """The sub-models placed on it for the fan-out (replicas left out)."""
+        return tuple(ref.key for ref in self.targets if not ref.replica)
 
 
 class DeviceRegistry:
@@ -94,6 +110,8 @@ class DeviceRegistry:
             raise InvalidInput("a registering device must give a name")
         if not info.address:
             raise InvalidInput(f"device {info.name!r} must give the host:port of its front door")
+        if info.speed is not None:
+            check_speed(info.speed, f"device {info.name!r}")
         with self._lock:
             for old_id, old in list(self._devices.items()):
                 if old.info.name == info.name:
@@ -121,13 +139,31 @@ class DeviceRegistry:
                 raise FailedPrecondition(
                     f"device id {device_id!r} is not registered (the coordinator may have restarted); register again"
                 )
+            if report.speed is not None:
+                check_speed(report.speed, f"device {record.info.name!r}")
             was_live = self.is_live(record)
+            # A device told to calibrate does so before its next heartbeat, which carries the new speed.
+            record.calibration = {"requested": "asked", "asked": ""}.get(record.calibration, "")
             record.load = report
             record.held = frozenset(report.parts_held)
             record.last_seen_monotonic = self._clock()
             if not was_live:
                 log.info("device %r is back", record.info.name)
             return record
+
+    def request_calibration(self, names: Sequence[str] = ()) -> list[str]:
+        """Ask the named live devices (all when none are named) to measure their speed again;
+        NotFound for a name no live device has. Returns the names asked."""
+        with self._lock:
+            live = self.records()
+            by_name = {r.info.name: r for r in live}
+            unknown = [n for n in names if n not in by_name]
+            if unknown:
+                raise NotFound(f"no live device named {', '.join(map(repr, unknown))}; live: {', '.join(sorted(by_name)) or 'none'}")
+            chosen = [by_name[n] for n in names] if names else live
+            for record in chosen:
+                record.calibration = "requested"
+            return [r.info.name for r in chosen]
 
     def get(self, device_id: str) -> DeviceRecord | None:
         with self._lock:

@@ -112,6 +112,7 @@ def serve_coordinator(
     devit_timeout_ms: float = 2000.0,
     min_devices: int = 0,
     device_fallback: bool = True,
+    placement: str = "speed",
     edge_security: ClientSecurity | None = None,
     testbed: str | None = None,
     testbed_state_dir: str | Path | None = None,
@@ -125,7 +126,8 @@ def serve_coordinator(
     flag of the same name says: ``policy`` (a policy file or a baseline name) turns the live
     scheduler on, with ``scenario``, ``slot_ms`` and ``decision_log``; without it every device
     runs ``split_point``. ``device_timeout_s`` defaults to max(10 s, 5 heartbeats);
-    ``edge_security`` is how the coordinator reaches TLS edge daemons; ``testbed`` shapes the
+    ``placement`` is how DeViT sub-models go to devices ("speed": by the devices' measured
+    speeds; "count": one per device in order); ``edge_security`` is how the coordinator reaches TLS edge daemons; ``testbed`` shapes the
     links of that testbed from the scheduler's powers. ``handle.stop()`` stops everything it started.
     """
     # The messages name the command's flags; each option has the flag's name with underscores.
@@ -148,6 +150,7 @@ def serve_coordinator(
         device_timeout_s=device_timeout_s or max(10.0, 5 * heartbeat_s),
         split_point=split_point,
         device_fallback=device_fallback,
+        placement=placement,
     )
     scheduler = None
     if policy is not None:

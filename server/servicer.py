@@ -36,8 +36,10 @@ class CoordinatorServicer(v1_grpc.CoordinatorServicer):
     def Heartbeat(self, request: v1.HeartbeatRequest, context: object) -> v1.HeartbeatResponse:
         if not request.device_id:
             raise InvalidInput("heartbeat without a device_id; register first")
-        _, assignment = self._coordinator.heartbeat(request.device_id, load_report_from_proto(request))
-        return v1.HeartbeatResponse(assignment=assignment_to_proto(assignment), heartbeat_interval_ms=self._interval_ms())
+        record, assignment = self._coordinator.heartbeat(request.device_id, load_report_from_proto(request))
+        return v1.HeartbeatResponse(
+            assignment=assignment_to_proto(assignment), heartbeat_interval_ms=self._interval_ms(), calibrate=record.calibration == "asked"
+        )
 
     def FetchPart(self, request: v1.FetchPartRequest, context: object) -> Iterator[v1.PartChunk]:
         chunks = self._coordinator.iter_part(request.bundle, request.part, request.offset, request.chunk_bytes)
@@ -75,7 +77,23 @@ class CoordinatorServicer(v1_grpc.CoordinatorServicer):
                 offloads=record.offloads,
                 submodel_calls=record.submodel_calls,
                 submodel_failures=record.submodel_failures,
+                effective_speed=coordinator.effective_speed(record),
+                expected_compute_ms=coordinator.expected_compute_ms(record),
+                calibration_pending=bool(record.calibration),
             )
             if record.load is not None:
                 status.last_report.CopyFrom(load_report_to_proto(record.device_id, record.info.name, record.load))
+        for placement in coordinator.placements.values():
+            out.models.add(
+                model_name=placement.model_name,
+                policy=placement.policy,
+                critical_path_ms=placement.critical_path_ms,
+                optimal_critical_path_ms=placement.optimal_critical_path_ms,
+                sized_for_speeds=list(placement.sized_for_speeds),
+                fleet_matches=not placement.mismatch,
+                mismatch=placement.mismatch,
+            )
         return out
+
+    def Calibrate(self, request: v1.CalibrateRequest, context: object) -> v1.CalibrateResponse:
+        return v1.CalibrateResponse(device_names=self._coordinator.calibrate(list(request.device_names)))

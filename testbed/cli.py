@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--loss-pct", type=_float_list, metavar="L1,..", help="packet loss in percent (default 0)")
     up.add_argument("--distance-m", type=_float_list, metavar="M1,..",
                     help="distance to the server, for transmit power -> rate (default 50)")
+    up.add_argument("--cpu", type=_float_list, metavar="C1,..",
+                    help="CPU quota of each device in cores (e.g. 0.5,0.5,0.25,0.25; one value for all): its daemons run "
+                    "in a cgroup (v1 or v2, whichever this host has) held to it (default: no quota)")
     up.add_argument("--scenario", help="simulator scenario whose radio (bandwidth, path loss, noise) maps power to rate")
     up.add_argument("--server-port", type=int, action="append", default=[], metavar="PORT",
                     help="a server-side port the devices will dial; prints the address each device must use")
@@ -87,7 +90,7 @@ def _up(args: argparse.Namespace) -> int:
         args.devices,
         uplink_mbit=args.uplink_mbit or args.bandwidth_mbit,
         downlink_mbit=args.downlink_mbit or args.bandwidth_mbit,
-        delay_ms=args.delay_ms, loss_pct=args.loss_pct, distance_m=args.distance_m, **options)
+        delay_ms=args.delay_ms, loss_pct=args.loss_pct, distance_m=args.distance_m, cpu_cores=args.cpu, **options)
     tb = Testbed.up(config)
     try:
         endpoints = {
@@ -121,8 +124,8 @@ def _down(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        print(f"testbed {report.prefix}: removed {len(report.namespaces_removed)} namespaces, "
-              f"stopped {len(report.processes_stopped)} processes, "
+        print(f"testbed {report.prefix}: removed {len(report.namespaces_removed)} namespaces and "
+              f"{len(report.cgroups_removed)} CPU groups, stopped {len(report.processes_stopped)} processes, "
               f"state file {'removed' if report.state_file_removed else 'absent'}")
     return 0
 
@@ -152,12 +155,24 @@ def _print_status(s: "TestbedStatus") -> None:
     for d in s.devices:
         print(f"  device {d.index}: {d.address} in {d.namespace}, up {d.uplink_bps / 1e6:g} Mbit/s "
               f"(kernel: {d.live_uplink}), down {d.downlink_bps / 1e6:g} Mbit/s (kernel: {d.live_downlink}), "
-              f"delay {d.delay_ms:g} ms, loss {d.loss_pct:g}%, qdiscs {'+'.join(d.uplink_qdiscs) or '-'}")
+              f"delay {d.delay_ms:g} ms, loss {d.loss_pct:g}%, qdiscs {'+'.join(d.uplink_qdiscs) or '-'}"
+              + _cpu_text(d))
     for r in s.relays:
         print(f"  relay device {r.device} toward {r.toward}: {r.listen} -> {r.target} "
               f"(pid {r.pid}, {'running' if r.alive else 'GONE'})")
     if s.leftovers:
         print(f"  leftover namespaces: {', '.join(s.leftovers)}")
+
+
+def _cpu_text(d) -> str:
+    if d.cpu_cores is None:
+        return ""
+    g = d.cpu_group
+    if g is None or not g.exists:
+        return f", cpu {d.cpu_cores:g} core (cgroup MISSING)"
+    live = f"{g.cores:g}" if g.cores is not None else "unlimited"
+    used = f", used {g.usage_s:.1f} s" if g.usage_s is not None else ""
+    return f", cpu {d.cpu_cores:g} core (kernel: {live}, {len(g.pids)} processes{used}, throttled {g.throttled_periods} times)"
 
 
 def _exec(args: argparse.Namespace) -> int:
@@ -168,5 +183,10 @@ def _exec(args: argparse.Namespace) -> int:
         raise InvalidInput("no command given: coinfer testbed exec --device I -- COMMAND [ARGS...]")
     tb = Testbed.attach(args.prefix, args.state_dir)
     ns = tb.server_namespace if args.server else tb.namespace(args.device)
+    group = None if args.server else tb.cpu_group(args.device)
+    if group is not None:
+        from coinfer.testbed.cgroups import add_process
+
+        add_process(group, os.getpid())  # the command inherits it across exec
     os.execvp("ip", ["ip", "netns", "exec", ns, *argv])
     return 0  # not reached: execvp replaces this process

@@ -10,6 +10,10 @@ host's own routing table. Inside a ``/16`` private subnet (``10.77.0.0/16`` by d
 
 Devices reach each other only through the server namespace, which does not forward, so device
 traffic always goes to the server, like phones on a cell.
+
+A device may also be given a CPU quota (``cpu_cores``, fractions of a core): whatever runs in it
+through the testbed then runs in its own cgroup (`cgroups.py`), so devices differ in compute as
+well as in their links.
 """
 
 from __future__ import annotations
@@ -86,6 +90,8 @@ class TestbedConfig:
     """Seed of the relays' loss draws (relay i uses seed + i)."""
     radio: RadioConfig = RadioConfig()
     """Channel model used by `Testbed.set_power` to turn a transmit power into an uplink rate."""
+    cpu_cores: tuple[float, ...] = ()
+    """CPU quota of each device in cores (device order); empty = no quota."""
 
     @property
     def num_devices(self) -> int:
@@ -101,6 +107,13 @@ class TestbedConfig:
             raise InvalidInput(f"a testbed has 1 to {MAX_DEVICES} devices, got {self.num_devices}")
         for i, link in enumerate(self.links):
             link.validate(f"device {i}")
+        if self.cpu_cores:
+            from coinfer.testbed.cgroups import check_cores
+
+            if len(self.cpu_cores) != self.num_devices:
+                raise InvalidInput(f"cpu_cores gives {len(self.cpu_cores)} quotas for {self.num_devices} devices")
+            for i, cores in enumerate(self.cpu_cores):
+                check_cores(cores, f"device {i}")
         try:
             net = ipaddress.IPv4Network(self.subnet)
         except ValueError as exc:
@@ -173,6 +186,7 @@ def make_config(
     delay_ms: Sequence[float] | None = None,
     loss_pct: Sequence[float] | None = None,
     distance_m: Sequence[float] | None = None,
+    cpu_cores: Sequence[float] | None = None,
     **options: object,
 ) -> TestbedConfig:
     """A validated config from per-device lists (each: N values, one value for all, or None)."""
@@ -188,7 +202,8 @@ def make_config(
                    distance_m=dist[i])
         for i in range(num_devices)
     )
-    config = TestbedConfig(links=links, **options)  # type: ignore[arg-type]
+    cpu = tuple(per_device(cpu_cores, num_devices, "cpu_cores", 0.0)) if cpu_cores else ()
+    config = TestbedConfig(links=links, cpu_cores=cpu, **options)  # type: ignore[arg-type]
     config.validate()
     return config
 

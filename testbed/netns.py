@@ -81,6 +81,29 @@ def list_namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+def enter_namespace(ns: str) -> None:
+    """Move the calling thread (and the threads it starts later) into namespace ``ns``'s network.
+
+    Unlike `ip netns exec`, which also gives the command a mount namespace with the
+    namespace's own /sys, this keeps the host's file systems, its cgroups included. Call it
+    before any thread is started.
+    """
+    clone_newnet = 0x40000000
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if hasattr(os, "setns"):  # Python 3.12+
+            os.setns(fd, clone_newnet)
+            return
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, clone_newnet) != 0:
+            errno = ctypes.get_errno()
+            raise FailedPrecondition(f"cannot enter network namespace {ns}: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
 def add_namespace(ns: str) -> None:
     run(["ip", "netns", "add", ns])
 

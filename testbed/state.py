@@ -64,6 +64,8 @@ class TestbedState:
     """Current shaped rate per device index (as a string key) and direction ('up', 'down')."""
     relays: list[RelayRecord] = field(default_factory=list)
     """Relay processes started."""
+    cgroups: list[str] = field(default_factory=list)
+    """CPU groups of the devices, in device order (recorded before they are made)."""
 
     # JSON --------------------------------------------------------------------------------------
 
@@ -82,6 +84,7 @@ class TestbedState:
             c["links"] = tuple(LinkConfig(**link) for link in c["links"])
             c["radio"] = RadioConfig(**c["radio"])
             c["state_dir"] = Path(c["state_dir"])
+            c["cpu_cores"] = tuple(c.get("cpu_cores", ()))
             return cls(
                 config=TestbedConfig(**c),
                 phase=data["phase"],
@@ -90,6 +93,7 @@ class TestbedState:
                 delay_mechanism=data["delay_mechanism"],
                 rates_bps={k: dict(v) for k, v in data["rates_bps"].items()},
                 relays=[RelayRecord(**r) for r in data["relays"]],
+                cgroups=[str(p) for p in data.get("cgroups", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, InvalidInput):

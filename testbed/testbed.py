@@ -3,8 +3,10 @@
 ``Testbed.up(config)`` makes one server namespace and one namespace per device, joins each device
 to the server by a veth pair (addresses in `config.py`), shapes each direction with an HTB class
 and adds delay/loss with netem when the kernel has it; otherwise ``reach_server``/``reach_device``
-put the testbed's own relay (`relay.py`) on the path. ``exec_in`` runs a command inside a device,
-``set_rate``/``set_power`` change a link's rate live, ``down`` removes everything.
+put the testbed's own relay (`relay.py`) on the path. A device given a CPU quota gets its own
+cgroup (`cgroups.py`). ``exec_in`` runs a command inside a device (in its namespace and, with a
+quota, its cgroup), ``set_rate``/``set_power`` change a link's rate live, ``down`` removes
+everything, the cgroups included.
 
 Nothing is made on the host itself: the veths are created inside the namespaces, so deleting the
 namespaces (after stopping the processes in them) removes every link and qdisc with them.
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from coinfer.core.errors import FailedPrecondition, InvalidInput
-from coinfer.testbed import netns
+from coinfer.testbed import cgroups, netns
 from coinfer.testbed.channel import uplink_rate_bps
 from coinfer.testbed.config import (
     DEFAULT_PREFIX,
@@ -84,6 +86,10 @@ class DeviceStatus:
     """Downlink HTB rate as the kernel reports it now."""
     uplink_qdiscs: list[str]
     """Qdisc kinds on the device's veth (e.g. ['htb', 'netem'])."""
+    cpu_cores: float | None = None
+    """CPU quota asked for (None: none)."""
+    cpu_group: cgroups.GroupStatus | None = None
+    """Its cgroup as the kernel reports it now."""
 
 
 @dataclass
@@ -126,6 +132,7 @@ class DownReport:
     namespaces_removed: list[str]
     processes_stopped: list[int]
     state_file_removed: bool
+    cgroups_removed: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,6 +157,7 @@ class Testbed:
         """Create the namespaces, links and shaping of ``config``; on any failure remove it all."""
         config.validate()
         netns.require_tools()
+        controller = cgroups.require_controller() if config.cpu_cores else None
         with locked(config.prefix, config.state_dir):
             existing = [ns for ns in netns.list_namespaces() if _leftover_pattern(config.prefix).match(ns)]
             if state_path(config.prefix, config.state_dir).exists() or existing:
@@ -159,6 +167,8 @@ class Testbed:
                 )
             # Intent first: from here on a crash leaves a state file naming everything that may exist.
             state = TestbedState(config=config, namespaces=config.namespaces)
+            if controller is not None:
+                state.cgroups = [str(controller.root / cgroups.group_name(config.prefix, i)) for i in range(config.num_devices)]
             write_state(state)
         try:
             cls._build(state)
@@ -174,6 +184,9 @@ class Testbed:
         netns.add_namespace(srv)
         netns.link_up(srv, "lo")
         netns.add_address(srv, "lo", f"{c.server_address}/32")
+        controller = cgroups.find_cpu_controller() if c.cpu_cores else None
+        for i, cores in enumerate(c.cpu_cores):
+            cgroups.create(controller, Path(state.cgroups[i]).name, cores)
         impaired = any(link.impaired for link in c.links)
         if not impaired:
             mechanism: DelayMechanism = "none"
@@ -250,8 +263,16 @@ class Testbed:
                 netns.delete_namespace(ns)
             for relay in state.relays if state else []:
                 Path(relay.log_path).unlink(missing_ok=True)
+            # The CPU groups last: they are only removable once empty; one a crash left behind is
+            # found by its name.
+            groups = sorted(set(state.cgroups if state else []) | {str(p) for p in cgroups.leftovers(cgroups.find_cpu_controller(), prefix)})
+            removed_groups = []
+            for group in groups:
+                if Path(group).is_dir():
+                    stopped += cgroups.remove(group, netns.terminate)
+                    removed_groups.append(group)
             removed_state = remove_state(prefix, state_dir)
-        return DownReport(prefix, [ns for ns in names if ns in mounted], stopped, removed_state)
+        return DownReport(prefix, [ns for ns in names if ns in mounted], stopped, removed_state, removed_groups)
 
     def __enter__(self) -> "Testbed":
         return self
@@ -301,9 +322,20 @@ class Testbed:
 
     # Running things inside ---------------------------------------------------------------------
 
+    def cpu_group(self, device_i: int) -> str | None:
+        """Device i's cgroup (None when it has no CPU quota)."""
+        self._check_device(device_i)
+        return self._state.cgroups[device_i] if self._state.cgroups else None
+
+    def device_argv(self, device_i: int, argv: Sequence[str]) -> list[str]:
+        """``argv`` as it runs inside device i: in its namespace and, with a quota, its cgroup."""
+        inside = ["ip", "netns", "exec", self.namespace(device_i), *argv]
+        group = self.cpu_group(device_i)
+        return cgroups.join_argv(group, inside) if group else inside
+
     def exec_in(self, device_i: int, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen:
-        """Start ``argv`` inside device i's namespace (its only route leads to the server)."""
-        return subprocess.Popen(["ip", "netns", "exec", self.namespace(device_i), *argv], **popen_kwargs)
+        """Start ``argv`` inside device i's namespace (its only route leads to the server) and CPU quota."""
+        return subprocess.Popen(self.device_argv(device_i, argv), **popen_kwargs)
 
     def exec_in_server(self, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen:
         """Start ``argv`` inside the server namespace (the coordinator's side)."""
@@ -425,6 +457,8 @@ class Testbed:
                 live_downlink=(netns.shaped_rate_text(c.server_namespace, server_iface(i))
                                if c.server_namespace in mounted else None),
                 uplink_qdiscs=netns.qdisc_kinds(ns, DEVICE_IFACE) if ns in mounted else [],
+                cpu_cores=c.cpu_cores[i] if c.cpu_cores else None,
+                cpu_group=cgroups.status(state.cgroups[i]) if state.cgroups else None,
             ))
         relays = [RelayStatus(r.device, r.toward, r.listen, r.target, r.pid,
                               netns.process_start_ticks(r.pid) == r.start_ticks) for r in state.relays]

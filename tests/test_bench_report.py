@@ -26,3 +26,8 @@ def test_parts_not_run_now_are_read_back_from_their_json(tmp_path: Path) -> None
 def test_a_failed_part_shows_its_error_instead_of_a_table() -> None:
     report = render_report({"rl": {"status": "failed", "error": "InvalidInput: bad scenario"}}, quick=True)
     assert "**failed**: InvalidInput: bad scenario" in report and "QUICK settings" in report
+
+
+def test_a_part_this_machine_cannot_run_is_shown_as_skipped() -> None:
+    report = render_report({"fleet_placement": {"status": "skipped", "error": "needs root"}}, quick=False)
+    assert "**skipped**: needs root" in report and "**failed**" not in report

@@ -71,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--device-speeds", default=None,
         help="relative speeds s1,..,sN, or device profiles (names or coinfer.profile/1 JSON files; speed = 1 / local latency)",
     )
+    d.add_argument(
+        "--fleet", type=Path, default=None,
+        help="speeds file of a live fleet (coinfer fleet --out FILE): size the sub-models for its devices' measured speeds",
+    )
     d.add_argument("--partition", default="affinity", choices=PARTITION_METHODS, help="class partition (default affinity)")
     _add_budget_args(d)
     d.add_argument("--quick", action="store_true", help="the same as --budget quick (the demo path)")
@@ -163,7 +167,7 @@ def _decompose(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     report = decompose_job(
         out=args.out, teacher=args.teacher, dataset=args.dataset, data_dir=args.data_dir, devices=args.devices,
-        device_speeds=args.device_speeds, partition=args.partition, budget="quick" if args.quick else args.budget,
+        device_speeds=args.device_speeds, fleet=args.fleet, partition=args.partition, budget="quick" if args.quick else args.budget,
         macs_ratio=args.macs_ratio, distill_epochs=args.distill_epochs, ensemble_epochs=args.ensemble_epochs,
         baseline_epochs=args.baseline_epochs, baseline=not args.no_baseline, baseline_init=args.baseline_init,
         reference=not args.no_reference, hflip=args.hflip, seed=args.seed, device=args.device, threads=args.threads,

@@ -167,6 +167,7 @@ def decompose_job(
     data_dir: str | Path | None = None,
     devices: int = 4,
     device_speeds: str | Sequence[float] | None = None,
+    fleet: str | Path | None = None,
     partition: str = "affinity",
     budget: str = "default",
     macs_ratio: float | None = None,
@@ -195,6 +196,8 @@ def decompose_job(
         devices: N, the number of devices and sub-models (>= 2, at most the classes).
         device_speeds: relative speeds ("1,1,0.5,0.5", a list of numbers, or device profiles:
             names or coinfer.profile/1 JSON files; speed = 1 / local latency); None: identical devices.
+        fleet: a speeds file of a live fleet (``coinfer fleet --out FILE``) instead of ``device_speeds``:
+            the sub-models are sized for its devices' measured speeds.
         partition: "affinity" (confusable classes together) or "random" (DeViT's).
         budget: "quick", "default" or "thorough": every stage's optimiser steps scaled to its data
             (:mod:`coinfer.server.dekd.recipes`); the ``*_epochs`` arguments replace a stage's.
@@ -222,7 +225,7 @@ def decompose_job(
     from coinfer.server.dekd.partition import check_group_count
     from coinfer.server.dekd.pipeline import decompose, validate
     from coinfer.server.dekd.recipes import TEACHER_ARCH
-    from coinfer.server.dekd.speeds import parse_device_speeds
+    from coinfer.server.dekd.speeds import fleet_speeds, parse_device_speeds
     from coinfer.server.dekd import teacher as teacher_module
 
     resolved = training_device(device)  # first of all: cuda without a GPU fails before anything is read
@@ -233,7 +236,9 @@ def decompose_job(
         raise InvalidInput(f"--devices must be at least 2, got {devices}")
     if device_speeds is not None and not isinstance(device_speeds, str):
         device_speeds = ",".join(str(s) for s in device_speeds)
-    speeds = parse_device_speeds(device_speeds, devices)
+    if fleet is not None and device_speeds is not None:
+        raise InvalidInput("give --device-speeds or --fleet, not both")
+    speeds = fleet_speeds(fleet, devices) if fleet is not None else parse_device_speeds(device_speeds, devices)
     _check_positive(distill_epochs=distill_epochs, ensemble_epochs=ensemble_epochs, baseline_epochs=baseline_epochs,
                     threads=threads)
     if macs_ratio is not None and not 0 < macs_ratio <= 1:

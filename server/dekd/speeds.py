@@ -6,7 +6,10 @@ Accepted forms, one entry per device:
 * a comma list of device profiles (built-in names or ``coinfer.profile/1`` JSON files), each
   device's speed being the inverse of its whole-network local latency; numbers and profiles may
   be mixed;
-* one JSON file holding a list of profiles, or ``{"devices": [profile, ...]}``.
+* one JSON file holding a list of profiles, or ``{"devices": [profile, ...]}``;
+* a speeds file (format ``coinfer.speeds/1``) as ``coinfer fleet --out FILE`` writes it from a
+  live fleet: ``{"format": ..., "devices": [{"name": ..., "speed": ...}, ...]}``, the speeds
+  the coordinator places by (``coinfer decompose --fleet FILE`` reads it).
 
 Speeds are normalised so that the fastest device has speed 1: latencies measured on this
 machine are read as the fastest device's, and a device of speed s takes 1/s times as long.
@@ -14,11 +17,16 @@ machine are read as the fastest device's, and a device of speed s takes 1/s time
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from coinfer.core.errors import CoinferError, InvalidInput
+from coinfer.protos.v1 import MAX_RELATIVE_SPEED
+
+SPEEDS_FORMAT = "coinfer.speeds/1"
 
 
 def _speed_from_profile_data(data: object, source: str) -> float:
@@ -50,12 +58,18 @@ def _parse_entry(text: str) -> float:
     return 1.0 / profile.local_latency_s
 
 
-def _profiles_file(path: Path) -> list[float] | None:
-    """Speeds from a JSON file of several profiles, or None when the file is a single profile."""
+def _read_json(path: Path) -> object:
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"{path}: not a readable JSON file ({exc})") from exc
+
+
+def _profiles_file(path: Path) -> list[float] | None:
+    """Speeds from a JSON file of several profiles or a speeds file, or None when the file is a single profile."""
+    data = _read_json(path)
+    if isinstance(data, dict) and data.get("format") == SPEEDS_FORMAT:
+        return _speeds_from_file_data(data, path)
     if isinstance(data, dict) and "devices" in data:
         data = data["devices"]
     if not isinstance(data, list):
@@ -80,5 +94,65 @@ def parse_device_speeds(text: str | None, num_devices: int) -> list[float]:
         speeds = [_parse_entry(e) for e in entries]
     if len(speeds) != num_devices:
         raise InvalidInput(f"--device-speeds gives {len(speeds)} speed(s) for {num_devices} devices")
+    top = max(speeds)
+    return [s / top for s in speeds]
+
+
+# Speeds files (coinfer fleet --out, coinfer decompose --fleet) -------------------------------
+
+
+def write_speeds_file(path: str | Path, devices: Sequence[Mapping[str, Any]], source: str) -> Path:
+    """Write a speeds file; each device is a mapping with at least ``name`` and ``speed``
+    (other keys, such as the CPU model, are kept for people). Fastest first."""
+    entries = [dict(d) for d in devices]
+    if not entries:
+        raise InvalidInput("no live device to write speeds for")
+    for entry in entries:
+        _check_speed(entry.get("speed"), f"device {entry.get('name')!r}")
+    entries.sort(key=lambda d: -float(d["speed"]))
+    document = {
+        "format": SPEEDS_FORMAT,
+        "source": source,
+        "written": dt.datetime.now().isoformat(timespec="seconds"),
+        "devices": entries,
+    }
+    path = Path(path)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def _check_speed(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InvalidInput(f"{where}: speed {value!r} is not a positive number")
+    if value > MAX_RELATIVE_SPEED:
+        raise InvalidInput(f"{where}: speed {value:g} is more than {MAX_RELATIVE_SPEED:g} times the reference")
+    return float(value)
+
+
+def _speeds_from_file_data(data: Mapping[str, Any], path: Path) -> list[float]:
+    devices = data.get("devices")
+    if not isinstance(devices, list) or not devices:
+        raise InvalidInput(f"{path}: a speeds file needs a non-empty list 'devices'")
+    speeds = []
+    for i, entry in enumerate(devices):
+        if not isinstance(entry, dict) or "speed" not in entry:
+            raise InvalidInput(f"{path}: devices[{i}] must be an object with a 'speed'")
+        speeds.append(_check_speed(entry["speed"], f"{path}: devices[{i}] ({entry.get('name', 'unnamed')})"))
+    return speeds
+
+
+def fleet_speeds(path: str | Path, num_devices: int) -> list[float]:
+    """The speeds of a speeds file (``coinfer fleet --out``), normalised to a maximum of 1; the
+    file must list ``num_devices`` devices."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict) or data.get("format") != SPEEDS_FORMAT:
+        raise InvalidInput(f"{path} is not a speeds file (format {SPEEDS_FORMAT!r}, as `coinfer fleet --out` writes)")
+    speeds = _speeds_from_file_data(data, path)
+    if len(speeds) != num_devices:
+        raise InvalidInput(
+            f"{path} lists {len(speeds)} device(s) but the decomposition is for {num_devices} (--devices); "
+            f"decompose for as many devices as the fleet has"
+        )
     top = max(speeds)
     return [s / top for s in speeds]

@@ -50,7 +50,9 @@ def cluster(devit_bundle, split_bundle, tmp_path_factory, free_port):
     edges = []
     try:
         for i in range(4):
-            config = EdgeConfig(name=f"nano-{i}", coordinator=coordinator.address, address="", cache_dir=tmp_path_factory.mktemp(f"nano-{i}"))
+            # One process holds all four: their calibrations would share its cores, so say they are equal.
+            config = EdgeConfig(name=f"nano-{i}", coordinator=coordinator.address, address="", cache_dir=tmp_path_factory.mktemp(f"nano-{i}"),
+                                speed=1.0)
             edges.append(start_edge(config, ServerOptions(listen="127.0.0.1:0", grace_s=0.2)))
         with InferenceClient(coordinator.address, timeout_s=DEADLINE_S) as client:
             _wait_full(client, spread=4)  # one sub-model on each device once placement settles
