@@ -139,7 +139,7 @@ def build_bundles(folder: Path, config: PlacementBenchConfig) -> dict[str, Path]
 def write_teacher_split_bundle(path: Path, teacher, splits, fixture: dict) -> None:
     """The teacher as a split bundle with two points: upload the image, or run it all on the device."""
     from coinfer.core.bundle import PartToWrite, TensorSpec, write_bundle
-    from coinfer.core.split_runtime import MODEL_PART, SPLIT_SCHEMA
+    from coinfer.core.split_point import MODEL_PART, SPLIT_SCHEMA
 
     channels, height, width = splits.image_shape
     part = PartToWrite(MODEL_PART, teacher.state_dict(), role="model", config=teacher.config_dict(),

@@ -54,7 +54,9 @@ def test_every_hop_runs_over_mutual_tls_with_a_token(devit_bundle, split_bundle,
         [devit_bundle.path, split_bundle.path], options, CoordinatorConfig(heartbeat_interval_s=0.1), edge_security=peer, metrics_port=metrics_port
     )
     edges = [
-        start_edge(EdgeConfig(name=f"tls-{i}", coordinator=coordinator.address, address="", cache_dir=tmp_path / f"cache-{i}", security=peer), options)
+        # Told equally fast: what each edge measured on shared cores would decide where sub-models go.
+        start_edge(EdgeConfig(name=f"tls-{i}", coordinator=coordinator.address, address="", cache_dir=tmp_path / f"cache-{i}", security=peer,
+                              speed=1.0), options)
         for i in range(2)
     ]
     user = ClientSecurity(ca_file=certs.ca_cert, cert_file=certs.client_cert, key_file=certs.client_key, token=TOKEN)
