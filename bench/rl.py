@@ -874,7 +874,9 @@ def run_benchmarks(out_dir: Path, quick: bool, jobs: int | None = None, seeds: d
             report[name] = result
         report["wall_s"] = time.perf_counter() - start
         save()
-    report["cost_after"] = protocol_cost(plan, out_dir, jobs)
+    cost = report["cost_after"] = protocol_cost(plan, out_dir, jobs)
+    targets.add(f"the whole protocol: {cost['runs']} training runs", f"{cost['finished_cpu_hours'] + cost['left_cpu_hours_estimate']:.1f} CPU-h",
+                "-", f"about {cost['full_protocol_hours_on_jobs']:.1f} h on {jobs} free cores (plus the baselines' searches)")
     save()
     print(f"rl bench done in {report['wall_s'] / 60:.1f} min; wrote {out_dir / 'bench.json'}")
     return report
