@@ -17,9 +17,14 @@ from coinfer.rl.scenario import load_scenario
 
 @pytest.fixture
 def fading(tiny_toml, tmp_path):
-    """The tiny cell with Rayleigh fading: every slot draws, so the episodes' own streams matter."""
+    """The tiny cell with Rayleigh fading: every slot draws, so the episodes' own streams matter.
+
+    Episodes stop after 12 slots (an untrained policy would take up to 40): cut episodes test the
+    same arithmetic in a third of the time.
+    """
     path = tmp_path / "fading.toml"
-    path.write_text(tiny_toml.read_text().replace('noise_w = 1.0e-9', 'noise_w = 1.0e-9\nchannel_model = "rayleigh"').replace('name = "tiny"', 'name = "fading"'))
+    text = tiny_toml.read_text().replace('noise_w = 1.0e-9', 'noise_w = 1.0e-9\nchannel_model = "rayleigh"').replace('name = "tiny"', 'name = "fading"')
+    path.write_text(text.replace("max_slots = 40", "max_slots = 12"))
     return load_scenario(path)
 
 
