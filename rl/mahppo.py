@@ -59,8 +59,8 @@ class MahppoConfig:
     seed: int = 0
     """Root seed of the simulator, the networks and the sampling."""
     num_envs: int = 64
-    """Environments stepped together by the batched simulator (the simulator's cost per call hardly
-    grows with them: 64 keep 500k steps within 11.5 minutes on one core, 32 do not)."""
+    """Environments stepped together by the batched simulator (its cost per call hardly grows with
+    them, so fewer cost more per step: 32 fall below 725 steps/s on one core; docs/rl.md)."""
     rollout_steps: int = 1024
     """Environment steps per update, over all environments (16 per environment by default; the paper code's 1024)."""
     update_epochs: int = 20
