@@ -41,7 +41,8 @@ ROLE_SEEDS: dict[str, range] = {"held-out": range(1_000_000, 2_000_000), "tuning
 CELL_MODES: dict[str, str] = {"random": "train", "evaluation": "eval"}
 """The simulator mode that draws each cell's episodes."""
 _TAG = 0x0C0F_1E5D
-"""First word of every episode's entropy: no training run's root seed (a single integer) can equal it."""
+"""First word of every episode's entropy (tag, kind, role, seed); a training run's entropy is its seed
+alone, so no episode draws from a training run's streams."""
 _ENVIRONMENT, _ACTIONS = 0, 1
 
 
