@@ -3,33 +3,41 @@
 Sections, each written to ``out_dir`` as JSON (``bench.json``) and PNG plots:
 
 1. conformance - the paper simulator's reference figures (ANCHORS.md) from fixed policies;
-2. simulator speed - one environment alone against the batched form (target >= 10x per step),
-   and one MAHPPO training run of 500k steps on ``dense`` (the heaviest scenario: 10 devices)
-   alone on 2 cores, timed (target: <= 15 min);
-3. schedulers - MAHPPO against every baseline (local, offload, random, greedy, search, sb3-ppo)
-   on ``mahppo-paper-resnet18``, ``edge-server`` and ``dense``, mean and spread over 3 seeds, with
-   learning curves and each run's CPU time (the runs train in parallel, one thread each), and on
-   ``edge-server`` MAHPPO also trained on the evaluation cell (informative);
-4. sweeps - latency and energy per task against ``local`` over 1..10 devices and over beta, with
-   the paper's claims (56 % latency, 72 % energy) marked.
+2. speed - one environment alone against the batched form (target >= 10x per step); MAHPPO
+   500k steps on ``dense`` (10 devices, the slowest to train) alone with 2 threads (target <= 15
+   min); MAHPPO's default configuration on ``mahppo-paper-resnet18`` alone with 1 thread (target
+   >= 725 steps/s, 5x the paper code's 145);
+3. schedulers - the verdict protocol (`PROTOCOL`, fixed before any result was seen): every
+   scheduler on the same held-out episodes of each scenario, means with 95 % intervals, "A beats
+   B" by the paired bootstrap, MAHPPO and sb3-ppo pooled over their training seeds, and the
+   paper's one-episode protocol on a row of its own;
+4. paper protocol - MAHPPO on the paper's evaluation cell against the paper code's agent (greedy
+   and sampled actions), mean over training seeds;
+5. ablations - the paper code's training choices one at a time, each against MAHPPO's
+   defaults under the held-out protocol;
+6. sweeps - latency and energy per task against ``local`` over 1..10 devices and over beta.
 
-Finished training runs are kept under ``out_dir/runs`` and reused, so an interrupted bench resumes.
-Every training run and baseline evaluation is planned first and run by ``jobs`` single-threaded
-worker processes (default: one per core), longest first; the sections then read the results.
+Every training run and every evaluation is cached under ``out_dir`` (``runs/<scenario>/<run>``,
+named by a hash of the run's configuration, and ``evals/<scenario>/<episode set>/<policy>.json``),
+so an interrupted bench resumes and a run trained elsewhere (or under a configuration that later
+became the default) is reused. The training runs and the baselines' evaluations are planned first
+and run by ``jobs`` single-threaded worker processes (default: one per core), longest first.
 ``quick`` shrinks every budget to a smoke run (minutes); the figures then say nothing about quality.
 
-    python -m coinfer.bench.rl --out runs/bench/rl [--quick] [--jobs J]
+    python -m coinfer.bench.rl --out runs/bench/rl [--quick] [--jobs J] [--seeds 0,1,2,3,4] [--scenarios a,b]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -38,19 +46,63 @@ PAPER_FIGURES = {  # ANCHORS.md, MAHPPO: fixed policies in the paper simulator's
     "point 3, 0.1 W, UE i on sub-channel i mod 2": (3, 0.1, 0.0700, 0.0771),
     "point 1, 0.1 W, UE i on sub-channel i mod 2": (1, 0.1, 0.1775, 0.0247),
 }
-PAPER_STEPS_PER_S = 180.0  # the paper's code, one CPU core (ANCHORS.md)
+PAPER_STEPS_PER_S = 145.0
+"""The paper code (Hao840/MAHPPO, its defaults), one CPU thread, on this project's machine (issue 19)."""
+AUTHORS_AGENT = {"greedy": {"reward": -0.842, "latency_per_task_s": 0.0300, "energy_per_task_j": 0.0386},
+                 "sampled": {"reward": -1.065, "latency_per_task_s": 0.0320, "energy_per_task_j": 0.0414}}
+"""The paper code's agent after 500k steps, on the paper's evaluation cell (issue 19): greedy actions
+(argmax point and channel, mean power), and the mean of 20 episodes of sampled actions."""
+MOONSHOT_REWARD = -0.75
+THROUGHPUT_TARGET = 5 * PAPER_STEPS_PER_S
 PAPER_LATENCY_CLAIM, PAPER_ENERGY_CLAIM = 0.56, 0.72
-SCHEDULER_SCENARIOS = ("mahppo-paper-resnet18", "edge-server", "dense")
 BASELINES = ("local", "offload", "random", "greedy", "search")
-SEEDS = (0, 1, 2)
-CELL_TRAINED_SCENARIOS = ("edge-server",)
-"""Where MAHPPO is also trained on the evaluation cell, the episode ``search`` is tuned on: an
-informative row beside the verdict, which keeps the paper's protocol."""
-CELL_OVERRIDES = {"train_cell": "evaluation"}
-"""MahppoConfig overrides of those runs."""
-CELL_RUN_PREFIX = "mahppo-evaluation-cell"
-"""Their run folders: runs/<scenario>/mahppo-evaluation-cell-seed<K>."""
+ORACLE = "search-oracle"
 ALGOS = ("mahppo", "sb3-ppo")
+SEEDS = (0, 1, 2, 3, 4)
+PAPER_SCENARIO = "mahppo-paper-resnet18"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The verdict protocol, fixed before any result was seen (docs/rl.md, "How schedulers are compared")."""
+
+    scenarios: tuple[str, ...] = (PAPER_SCENARIO, "edge-server", "dense", "heterogeneous")
+    """Scenarios of the scheduler comparison."""
+    fewer_seeds: tuple[tuple[str, int], ...] = (("dense", 3), ("heterogeneous", 3))
+    """Scenarios that take only the first few of the training seeds (5 elsewhere)."""
+    held_out_episodes: int = 64
+    """Held-out episodes per scenario: the first of the held-out seeds (1 000 000 on), drawn like the training episodes."""
+    tuning_episodes: int = 16
+    """Tuning episodes ``search`` is tuned on (seeds 2 000 000 on), drawn like the training episodes."""
+    sampled_cell_episodes: int = 20
+    """Evaluation-cell episodes with sampled actions (the paper code's agent was measured so)."""
+    ablation_seeds: int = 3
+    """Training seeds of each ablation (the first of the seeds)."""
+    metric: str = "reward"
+    """The figure verdicts compare (higher is better)."""
+
+    def seeds_for(self, scenario: str, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        return seeds[: dict(self.fewer_seeds).get(scenario, len(seeds))]
+
+
+PROTOCOL = Protocol()
+QUICK_PROTOCOL = Protocol(held_out_episodes=6, tuning_episodes=2, sampled_cell_episodes=3, ablation_seeds=1)
+
+PREVIOUS_DEFAULTS = {"num_envs": 128, "rollout_steps": 4096, "anneal_lr": True, "max_grad_norm": 0.5}
+"""MAHPPO's defaults before issue 19: 4096-step rollouts from 128 environments, the learning rate
+annealed to 0, gradients clipped at norm 0.5."""
+ABLATIONS: dict[str, dict] = {
+    "defaults": {},
+    "previous defaults (4096-step rollouts from 128 envs, lr annealed, clip 0.5)": PREVIOUS_DEFAULTS,
+    "cadence: 4096-step rollouts from 128 environments": {"num_envs": 128, "rollout_steps": 4096},
+    "gradient clipping at norm 0.5": {"max_grad_norm": 0.5},
+    "learning rate annealed to 0": {"anneal_lr": True},
+    "advantages normalised over the rollout (the paper code)": {"advantage_normalization": "rollout"},
+    "linear power head (the paper code)": {"power_scale": "linear"},
+    "32 environments (issue 19's lead; below the throughput target)": {"num_envs": 32},
+}
+"""MahppoConfig overrides of each ablation on ``mahppo-paper-resnet18``, one choice (or, for the
+previous defaults, one configuration) changed from the defaults."""
 
 
 def seeds_per_algo(mahppo: tuple[int, ...] = SEEDS, sb3: tuple[int, ...] | None = None) -> dict[str, tuple[int, ...]]:
@@ -67,7 +119,7 @@ class Budget:
     """How much each part of the bench trains."""
 
     train_steps: int
-    """Steps per MAHPPO / sb3-ppo run in the scheduler comparison."""
+    """Steps per MAHPPO / sb3-ppo run in the scheduler comparison and the ablations."""
     sweep_steps: int
     """Steps per MAHPPO run in the sweeps."""
     eval_every_steps: int
@@ -76,16 +128,18 @@ class Budget:
     """Environment steps timed in the simulator-speed section."""
     timing_steps: int
     """Steps of the MAHPPO run timed alone on 2 cores (the training-time target)."""
+    throughput_steps: int
+    """Steps of the MAHPPO run timed alone on 1 core (the throughput target)."""
     sweep_devices: tuple[int, ...]
     """Device counts of the device sweep."""
     sweep_betas: tuple[float, ...]
     """Energy weights of the beta sweep."""
     search_options: tuple[tuple[str, int], ...] = ()
-    """Options of the ``search`` baseline (power levels, starts, rounds); empty: its defaults."""
+    """Options of the ``search`` baselines (power levels, starts, rounds); empty: their defaults."""
 
 
-FULL = Budget(500_000, 150_000, 25_000, 2_000, 500_000, tuple(range(1, 11)), (0.1, 0.3, 1.0, 3.0, 10.0))
-QUICK = Budget(4_096, 2_048, 2_048, 200, 4_096, (1, 3, 5), (0.3, 3.0), (("power_levels", 4), ("starts", 2), ("max_rounds", 2)))
+FULL = Budget(500_000, 150_000, 25_000, 2_000, 500_000, 100_000, tuple(range(1, 11)), (0.1, 0.3, 1.0, 3.0, 10.0))
+QUICK = Budget(4_096, 2_048, 2_048, 200, 4_096, 2_048, (1, 3, 5), (0.3, 3.0), (("power_levels", 4), ("starts", 2), ("max_rounds", 2)))
 TIMING_SCENARIO = "dense"
 """The scenario of the timed training run: the most devices, so the slowest to train."""
 TIMING_THREADS = 2
@@ -113,7 +167,7 @@ def bench_conformance(targets: Targets) -> dict:
     from coinfer.rl.sim.core import Simulator
 
     print("[conformance] mahppo-paper-resnet18, evaluation mode (5 UEs at 50 m, 200 tasks each)")
-    scenario = load_scenario("mahppo-paper-resnet18")
+    scenario = load_scenario(PAPER_SCENARIO)
     N, K = scenario.num_devices, scenario.num_subchannels
     rows = {}
     for name, (point, power_w, latency_s, energy_j) in PAPER_FIGURES.items():
@@ -132,7 +186,7 @@ def bench_conformance(targets: Targets) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Simulator speed
+# 2. Speed
 
 
 def bench_speed(budget: Budget, targets: Targets, num_envs: int = 256) -> dict:
@@ -140,7 +194,7 @@ def bench_speed(budget: Budget, targets: Targets, num_envs: int = 256) -> dict:
     from coinfer.rl.sim.core import Simulator
 
     print("[speed] simulator steps per second, random actions on mahppo-paper-resnet18 (shared 2-core machine: noisy)")
-    scenario = load_scenario("mahppo-paper-resnet18")
+    scenario = load_scenario(PAPER_SCENARIO)
 
     def steps_per_s(E: int, steps: int) -> float:
         sim = Simulator(scenario, num_envs=E, mode="train", seed=0)
@@ -155,7 +209,7 @@ def bench_speed(budget: Budget, targets: Targets, num_envs: int = 256) -> dict:
     single = steps_per_s(1, budget.speed_steps // 4)
     batched = steps_per_s(num_envs, budget.speed_steps * 8)
     ratio = batched / single
-    targets.add("one environment alone, steps/s", f"{single:.0f}", "-", f"~{PAPER_STEPS_PER_S:.0f} (paper code, 1 core)")
+    targets.add("one environment alone, steps/s", f"{single:.0f}", "-", f"~{PAPER_STEPS_PER_S:.0f} (paper code training, 1 core)")
     targets.add(f"batched ({num_envs} environments), env steps/s", f"{batched:.0f}", "-", "-")
     targets.add("batched / alone, per env step", f"{ratio:.1f}x", ">= 10x", "-", ratio >= 10)
     return {"single_steps_per_s": single, "batched_steps_per_s": batched, "num_envs": num_envs, "speedup": ratio, "pass": ratio >= 10}
@@ -169,8 +223,8 @@ def bench_training_time(budget: Budget, out_dir: Path, targets: Targets) -> dict
     """
     import torch
 
-    out = out_dir / "timing" / TIMING_SCENARIO
     threads = min(TIMING_THREADS, os.cpu_count() or 1)
+    out = out_dir / "timing" / f"{TIMING_SCENARIO}-{_config_tag('mahppo', TIMING_SCENARIO, budget.timing_steps, {})}"
     print(f"[training time] MAHPPO, {budget.timing_steps} steps on {TIMING_SCENARIO}, alone, {threads} torch thread(s)")
     previous = torch.get_num_threads()
     try:
@@ -178,11 +232,29 @@ def bench_training_time(budget: Budget, out_dir: Path, targets: Targets) -> dict
     finally:
         torch.set_num_threads(previous)
     minutes = run["wall_s"] * 500_000 / run["steps"] / 60
-    cpus = os.cpu_count()
     targets.add(f"{TIMING_SCENARIO}: MAHPPO 500k steps alone, {threads} threads (incl. evaluations)", f"{minutes:.1f} min",
                 "<= 15 min (2 cores)", f"~{500_000 / PAPER_STEPS_PER_S / 60:.0f} min (paper code, 1 core)", minutes <= 15)
     return {"scenario": TIMING_SCENARIO, "steps": run["steps"], "wall_s": run["wall_s"], "cpu_s": run.get("cpu_s"),
-            "torch_threads": threads, "cpu_count": cpus, "minutes_per_500k_steps": minutes, "pass": minutes <= 15}
+            "torch_threads": threads, "cpu_count": os.cpu_count(), "minutes_per_500k_steps": minutes, "pass": minutes <= 15}
+
+
+def bench_throughput(budget: Budget, out_dir: Path, targets: Targets) -> dict:
+    """MAHPPO's default configuration on the paper scenario, alone, 1 torch thread: steps per second."""
+    import torch
+
+    out = out_dir / "timing" / f"{PAPER_SCENARIO}-{_config_tag('mahppo', PAPER_SCENARIO, budget.throughput_steps, {})}"
+    print(f"[throughput] MAHPPO defaults, {budget.throughput_steps} steps on {PAPER_SCENARIO}, alone, 1 torch thread")
+    previous = torch.get_num_threads()
+    try:
+        run = _train_cached("mahppo", PAPER_SCENARIO, 0, budget.throughput_steps, budget.eval_every_steps, out, torch_threads=1)
+    finally:
+        torch.set_num_threads(previous)
+    wall, cpu = run["steps"] / run["wall_s"], run["steps"] / run["cpu_s"]
+    load = run.get("load_average")
+    targets.add(f"{PAPER_SCENARIO}: MAHPPO training, 1 thread (incl. evaluations), steps/s", f"{wall:.0f} ({cpu:.0f} per CPU-s)",
+                f">= {THROUGHPUT_TARGET:.0f} (5x paper code)", f"{PAPER_STEPS_PER_S:.0f} (paper code, 1 thread)", wall >= THROUGHPUT_TARGET)
+    return {"scenario": PAPER_SCENARIO, "steps": run["steps"], "wall_s": run["wall_s"], "cpu_s": run["cpu_s"], "steps_per_s": wall,
+            "steps_per_cpu_s": cpu, "load_average_at_start": load, "pass": wall >= THROUGHPUT_TARGET}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +263,7 @@ def bench_training_time(budget: Budget, out_dir: Path, targets: Targets) -> dict
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One training run of the bench (``algo`` 'mahppo' or 'sb3-ppo'), or a scenario's baselines ('baselines')."""
+    """One training run of the bench (``algo`` 'mahppo' or 'sb3-ppo') and its evaluations, or a scenario's baselines ('baselines')."""
 
     algo: str
     scenario: str
@@ -199,61 +271,101 @@ class PlannedRun:
     steps: int
     eval_every: int
     out: Path
-    overrides: tuple[tuple[str, float | str], ...] = ()
+    overrides: tuple[tuple[str, float | str | bool], ...] = ()
     search_options: tuple[tuple[str, int], ...] = ()
     part: str = "schedulers"
-    """The bench section it serves: 'schedulers' or 'sweeps' (``--train-only`` picks by it)."""
+    """The bench section it serves: 'schedulers', 'ablations' or 'sweeps' (``--train-only`` picks by it)."""
+    protocol: Protocol = PROTOCOL
 
     def done(self) -> bool:
-        return (self.out / ("baselines.json" if self.algo == "baselines" else "result.json")).exists()
+        if self.algo == "baselines":
+            return all(_eval_path(self.out.parent.parent, self.scenario, s, p).exists()
+                       for s, p in _baseline_evaluations(self.scenario, self.protocol))
+        return (self.out / "result.json").exists()
 
     def label(self) -> str:
         extra = "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}" for k, v in self.overrides)
         return f"{self.scenario} {self.algo}" + ("" if self.algo == "baselines" else f" seed {self.seed}{extra}")
 
 
-def _run_dir(out_dir: Path, scenario: str, algo: str, seed: int) -> Path:
-    return out_dir / "runs" / scenario / f"{algo}-seed{seed}"
+def _config(algo: str, scenario: str, steps: int, overrides: dict):
+    from coinfer.rl.mahppo import MahppoConfig
+    from coinfer.rl.sb3_ppo import Sb3PpoConfig
+
+    return (MahppoConfig if algo == "mahppo" else Sb3PpoConfig)(scenario=scenario, total_steps=steps, **overrides)
 
 
-def _sweep_dir(out_dir: Path, kind: str, value: float) -> Path:
-    return out_dir / "runs" / "sweep" / f"{kind}-{value:g}"
+_UNTRAINED_FIELDS = ("seed", "eval_every_steps", "eval_episodes", "checkpoint_every_steps", "torch_threads")
+"""Configuration fields that do not change what a run learns (the seed names the run folder)."""
+
+
+def _config_tag(algo: str, scenario: str, steps: int, overrides: dict) -> str:
+    """A short hash of everything a run learns from: equal configurations share their runs."""
+    config = {k: v for k, v in asdict(_config(algo, scenario, steps, overrides)).items() if k not in _UNTRAINED_FIELDS}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=list).encode()).hexdigest()[:8]
+
+
+def _run_dir(out_dir: Path, scenario: str, algo: str, seed: int, steps: int, overrides: dict | None = None) -> Path:
+    return out_dir / "runs" / scenario / f"{algo}-{_config_tag(algo, scenario, steps, overrides or {})}-seed{seed}"
 
 
 def _sweep_overrides(kind: str, value: float) -> dict:
     return {"num_devices": int(value)} if kind == "devices" else {"beta": float(value)}
 
 
-def planned_runs(budget: Budget, out_dir: Path, seeds: dict[str, tuple[int, ...]] | None = None) -> list[PlannedRun]:
-    """What the scheduler comparison and the sweeps will train, longest first (for packing into workers).
+def _sweep_dir(out_dir: Path, kind: str, value: float, steps: int) -> Path:
+    overrides = {**_sweep_overrides(kind, value), "eval_every_steps": 0}
+    return out_dir / "runs" / "sweep" / f"{kind}-{value:g}-{_config_tag('mahppo', PAPER_SCENARIO, steps, overrides)}"
 
-    ``seeds`` maps each algorithm to its training seeds (default: SEEDS for both); the scheduler
-    runs come seed by seed, so a run stopped early has whole seeds rather than whole scenarios.
+
+def planned_runs(budget: Budget, out_dir: Path, seeds: dict[str, tuple[int, ...]] | None = None, protocol: Protocol = PROTOCOL,
+                 scenarios: tuple[str, ...] | None = None) -> list[PlannedRun]:
+    """What the comparison, the ablations and the sweeps will train, in that order (for packing into workers).
+
+    ``seeds`` maps each algorithm to its training seeds (default: SEEDS for both; dense and
+    heterogeneous take the first 3); the scheduler runs come seed by seed, so a run stopped early
+    has whole seeds rather than whole scenarios.
     """
     seeds = seeds or seeds_per_algo()
-    plan = [PlannedRun("baselines", name, 0, 0, 0, out_dir / "runs" / name, search_options=budget.search_options) for name in SCHEDULER_SCENARIOS]
-    plan += [PlannedRun(algo, name, s, budget.train_steps, budget.eval_every_steps, _run_dir(out_dir, name, algo, s))
-             for s in sorted({s for algo in ALGOS for s in seeds[algo]}) for algo in ALGOS if s in seeds[algo] for name in SCHEDULER_SCENARIOS]
-    plan += [PlannedRun("mahppo", name, s, budget.train_steps, budget.eval_every_steps, _run_dir(out_dir, name, CELL_RUN_PREFIX, s), overrides=tuple(CELL_OVERRIDES.items()))
-             for s in seeds["mahppo"] for name in CELL_TRAINED_SCENARIOS]
-    for kind, values in (("devices", budget.sweep_devices), ("beta", budget.sweep_betas)):
-        for value in values:
-            overrides = tuple(_sweep_overrides(kind, value).items())
-            plan.append(PlannedRun("mahppo", "mahppo-paper-resnet18", 0, budget.sweep_steps, 0, _sweep_dir(out_dir, kind, value), overrides=overrides, part="sweeps"))
+    names = scenarios or protocol.scenarios
+    options = budget.search_options
+    plan = [PlannedRun("baselines", name, 0, 0, 0, out_dir / "runs" / name, search_options=options, protocol=protocol) for name in names]
+    for s in sorted({s for algo in ALGOS for s in seeds[algo]}):
+        for algo in ALGOS:
+            for name in names:
+                if s in protocol.seeds_for(name, seeds[algo]):
+                    plan.append(PlannedRun(algo, name, s, budget.train_steps, budget.eval_every_steps,
+                                           _run_dir(out_dir, name, algo, s, budget.train_steps), protocol=protocol))
+    if scenarios is None or PAPER_SCENARIO in scenarios:
+        known = {(r.algo, r.out) for r in plan}
+        for s in seeds["mahppo"][: protocol.ablation_seeds]:  # seed by seed: a bench stopped early has every variant's first seeds
+            for overrides in ABLATIONS.values():
+                out = _run_dir(out_dir, PAPER_SCENARIO, "mahppo", s, budget.train_steps, overrides)
+                if ("mahppo", out) not in known:
+                    known.add(("mahppo", out))
+                    plan.append(PlannedRun("mahppo", PAPER_SCENARIO, s, budget.train_steps, budget.eval_every_steps, out,
+                                           overrides=tuple(overrides.items()), part="ablations", protocol=protocol))
+        for kind, values in (("devices", budget.sweep_devices), ("beta", budget.sweep_betas)):
+            for value in values:
+                overrides = {**_sweep_overrides(kind, value), "eval_every_steps": 0}
+                plan.append(PlannedRun("mahppo", PAPER_SCENARIO, 0, budget.sweep_steps, 0, _sweep_dir(out_dir, kind, value, budget.sweep_steps),
+                                       overrides=tuple(overrides.items()), part="sweeps", protocol=protocol))
     return plan
 
 
 def _execute(run: PlannedRun) -> str:
-    """Worker entry point: one planned run, single-threaded."""
+    """Worker entry point: one planned run and its evaluations, single-threaded."""
     import torch
 
     torch.set_num_threads(1)
+    out_dir = run.out.parent.parent.parent if run.algo != "baselines" else run.out.parent.parent
     if run.algo == "baselines":
-        from coinfer.rl.scenario import load_scenario
-
-        _baselines_cached(load_scenario(run.scenario), run.out, dict(run.search_options))
+        _baseline_records(run.scenario, out_dir, run.protocol, dict(run.search_options))
     else:
-        _train_cached(run.algo, run.scenario, run.seed, run.steps, run.eval_every, run.out, **dict(run.overrides))
+        overrides = dict(run.overrides)
+        _train_cached(run.algo, run.scenario, run.seed, run.steps, run.eval_every, run.out, **overrides)
+        if run.part != "sweeps":
+            _evaluate_run(run.algo, run.scenario, run.out, out_dir, run.protocol, sampled=run.algo == "mahppo" and run.scenario == PAPER_SCENARIO)
     return run.label()
 
 
@@ -284,11 +396,11 @@ def execute_planned(plan: list[PlannedRun], jobs: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Schedulers
+# Training runs and evaluations, cached
 
 
 def _train_cached(algo: str, scenario: str, seed: int, steps: int, eval_every: int, out: Path, **overrides) -> dict:
-    """Train once (or reuse ``out/result.json``); the run's record: timing, curve, final evaluation.
+    """Train once (or reuse ``out/result.json``); the run's record: configuration, timing, curve.
 
     Several bench processes may share ``out_dir``: a lock file makes each run train only once.
     """
@@ -324,134 +436,348 @@ def _take_lock(lock: Path) -> bool:
 
 
 def _train_run(algo: str, scenario: str, seed: int, steps: int, eval_every: int, out: Path, overrides: dict) -> None:
-    from coinfer.rl.evaluation import evaluate_policy
-    from coinfer.rl.mahppo import MahppoConfig, train_mahppo
-    from coinfer.rl.policy import load_policy
-    from coinfer.rl.sb3_ppo import Sb3PpoConfig, train_sb3_ppo
+    from coinfer.rl.mahppo import config_to_dict, train_mahppo
+    from coinfer.rl.sb3_ppo import train_sb3_ppo
 
-    done = out / "result.json"
-    if algo == "mahppo":
-        config = MahppoConfig(scenario=scenario, total_steps=steps, seed=seed, eval_every_steps=eval_every, **overrides)
-        result = train_mahppo(config, out)
-        target = config.build_scenario()
-    else:
-        result = train_sb3_ppo(Sb3PpoConfig(scenario=scenario, total_steps=steps, seed=seed, eval_every_steps=eval_every), out)
-        target = scenario
-    final = evaluate_policy(load_policy(result.policy_path, target), target).summary()
-    best = max((p.eval_reward for p in result.curve), default=float("nan"))
+    overrides = {"eval_every_steps": eval_every, **overrides}
+    config = _config(algo, scenario, steps, {**overrides, "seed": seed})
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    result = (train_mahppo if algo == "mahppo" else train_sb3_ppo)(config, out)
     record = {"algo": algo, "scenario": scenario, "overrides": overrides, "seed": seed, "steps": result.steps, "wall_s": result.wall_s,
-              "best_curve_eval_reward": best, "cpu_s": result.cpu_s,
-              "steps_per_s": result.steps_per_s, "curve": [asdict(p) for p in result.curve], "eval": final, "policy": str(result.policy_path)}
-    done.write_text(json.dumps(record, indent=2) + "\n")
+              "cpu_s": result.cpu_s, "steps_per_s": result.steps_per_s, "load_average": load,
+              "config": config_to_dict(config) if algo == "mahppo" else asdict(config),
+              "curve": [asdict(p) for p in result.curve], "policy": str(result.policy_path)}
+    (out / "result.json").write_text(json.dumps(record, indent=2, default=list) + "\n")
 
 
-def _baselines_cached(scenario, out: Path, search_options: dict) -> dict:
-    from coinfer.rl.evaluation import evaluate_policy
-    from coinfer.rl.policy import make_policy
+def _eval_path(out_dir: Path, scenario: str, episodes_key: str, policy_id: str) -> Path:
+    return out_dir / "evals" / scenario / episodes_key / f"{policy_id}.json"
 
-    path = out / "baselines.json"
+
+def _cached_eval(path: Path, make: Callable[[], tuple[object, dict]]):
+    """The `EvalResult` cached at ``path``, made (with extra JSON fields) and written if missing."""
+    from coinfer.rl.evaluation import EvalResult
+
     if path.exists():
-        return json.loads(path.read_text())
-    stochastic = scenario.network.channel_model != "path-loss" or scenario.tasks.arrivals != "batch"
-    episodes = 5 if stochastic else 1
-    results = {}
-    for name in BASELINES:
-        start = time.perf_counter()
-        policy = make_policy(name, scenario, seed=0, **(search_options if name == "search" else {}))
-        results[name] = {**evaluate_policy(policy, scenario, episodes=episodes).summary(), "make_s": time.perf_counter() - start}
-        if name == "search":
-            results[name]["action"] = policy.action.to_dict()  # type: ignore[attr-defined]
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    return results
+        return EvalResult.from_dict(json.loads(path.read_text()))
+    result, extra = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**result.to_dict(), **extra}, indent=1) + "\n")
+    tmp.replace(path)
+    return result
 
 
-def _spread(values: list[float]) -> dict:
-    a = np.array(values, dtype=float)
-    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max()), "runs": [float(v) for v in a]}
+@dataclass(frozen=True)
+class ScenarioSets:
+    """The episode sets of one scenario under a protocol."""
+
+    held_out: object
+    """The held-out random-cell episodes (`EpisodeSet`)."""
+    cell: object
+    """The evaluation cell, one episode (the paper's protocol)."""
+    sampled_cell: object
+    """Evaluation-cell episodes for sampled actions."""
+    tuning: object
+    """What ``search`` is tuned on."""
 
 
-def bench_schedulers(budget: Budget, out_dir: Path, targets: Targets, seeds: dict[str, tuple[int, ...]] | None = None) -> dict:
-    from coinfer.rl.plots import plot_learning_curve
+def episode_sets(scenario, protocol: Protocol) -> ScenarioSets:
+    from coinfer.rl.episodes import EpisodeSet
+
+    return ScenarioSets(EpisodeSet.of(scenario, protocol.held_out_episodes), EpisodeSet.of(scenario, 1, cell="evaluation"),
+                        EpisodeSet.of(scenario, protocol.sampled_cell_episodes, cell="evaluation"),
+                        EpisodeSet.of(scenario, protocol.tuning_episodes, role="tuning"))
+
+
+def _baseline_evaluations(scenario_name: str, protocol: Protocol) -> list[tuple[str, str]]:
+    """(episode-set key, policy id) of every cached baseline evaluation of a scenario."""
     from coinfer.rl.scenario import load_scenario
+
+    sets = episode_sets(load_scenario(scenario_name), protocol)
+    return [(s.key(), name) for s in (sets.held_out, sets.cell) for name in BASELINES] + [(sets.held_out.key(), ORACLE)]
+
+
+def _baseline_records(scenario_name: str, out_dir: Path, protocol: Protocol, search_options: dict) -> dict[str, dict[str, object]]:
+    """Every baseline on the held-out set and the cell: {"held_out"|"cell": {name: EvalResult}}."""
+    from coinfer.rl.evaluation import evaluate_policy, result_from_episodes
+    from coinfer.rl.policy import make_policy
+    from coinfer.rl.scenario import load_scenario
+    from coinfer.rl.search import search_oracle
+
+    scenario = load_scenario(scenario_name)
+    sets = episode_sets(scenario, protocol)
+    policies: dict[str, object] = {}
+
+    def baseline(name: str):
+        if name not in policies:
+            start = time.perf_counter()
+            options = {**search_options, "tuning": sets.tuning} if name == "search" else {}
+            policies[name] = (make_policy(name, scenario, seed=0, **options), time.perf_counter() - start)
+        return policies[name]
+
+    def evaluate(name: str, episodes):
+        def make():
+            policy, make_s = baseline(name)
+            extra = {"make_s": make_s, "tuning_set": sets.tuning.to_dict()} if name == "search" else {}
+            if name == "search":
+                extra["action"] = policy.action.to_dict()
+            return evaluate_policy(policy, scenario, episodes), extra
+
+        return _cached_eval(_eval_path(out_dir, scenario_name, episodes.key(), name), make)
+
+    records = {"held_out": {name: evaluate(name, sets.held_out) for name in BASELINES},
+               "cell": {name: evaluate(name, sets.cell) for name in BASELINES}}
+
+    def oracle():
+        start = time.perf_counter()
+        searched = search_oracle(scenario, sets.held_out, progress=True, **search_options)
+        result = result_from_episodes(ORACLE, scenario.name, sets.held_out, [m for _, m in searched])
+        return result, {"actions": [a.to_dict() for a, _ in searched], "make_s": time.perf_counter() - start}
+
+    records["held_out"][ORACLE] = _cached_eval(_eval_path(out_dir, scenario_name, sets.held_out.key(), ORACLE), oracle)
+    return records
+
+
+def _evaluate_run(algo: str, scenario_name: str, run_out: Path, out_dir: Path, protocol: Protocol, sampled: bool = False) -> dict[str, object]:
+    """A trained run's policy on the held-out set, the cell and (``sampled``) the sampled cell episodes."""
+    from coinfer.rl.evaluation import evaluate_policy
+    from coinfer.rl.policy import load_policy
+    from coinfer.rl.scenario import load_scenario
+
+    scenario = load_scenario(scenario_name)
+    sets = episode_sets(scenario, protocol)
+    policy_id = run_out.name
+    loaded: list = []
+
+    def policy():
+        if not loaded:
+            loaded.append(load_policy(run_out / "policy.json", scenario))
+        return loaded[0]
+
+    out = {
+        "held_out": _cached_eval(_eval_path(out_dir, scenario_name, sets.held_out.key(), policy_id), lambda: (evaluate_policy(policy(), scenario, sets.held_out), {})),
+        "cell": _cached_eval(_eval_path(out_dir, scenario_name, sets.cell.key(), policy_id), lambda: (evaluate_policy(policy(), scenario, sets.cell), {})),
+    }
+    if sampled:
+        out["sampled_cell"] = _cached_eval(_eval_path(out_dir, scenario_name, sets.sampled_cell.key() + "-sampled", policy_id),
+                                           lambda: (evaluate_policy(policy(), scenario, sets.sampled_cell, deterministic=False), {}))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Schedulers: the verdict protocol
+
+
+def _text(interval, digits: int = 3) -> str:
+    return interval.text(digits)
+
+
+def _trained_records(algo: str, name: str, seeds: tuple[int, ...], budget: Budget, out_dir: Path, protocol: Protocol,
+                     overrides: dict | None = None) -> tuple[dict[str, object], list[dict]]:
+    """``algo``'s runs of ``seeds`` on scenario ``name``: {set: PolicyRecord} and the runs' records."""
+    from coinfer.rl.verdict import PolicyRecord
+
+    runs, evals = [], []
+    for s in seeds:
+        out = _run_dir(out_dir, name, algo, s, budget.train_steps, overrides)
+        runs.append(_train_cached(algo, name, s, budget.train_steps, budget.eval_every_steps, out, **(overrides or {})))
+        evals.append(_evaluate_run(algo, name, out, out_dir, protocol, sampled=algo == "mahppo" and name == PAPER_SCENARIO))
+    records = {key: PolicyRecord(algo, tuple(e[key] for e in evals), tuple(seeds)) for key in evals[0]}
+    return records, runs
+
+
+def _figures(record, metrics: tuple[str, ...]) -> dict:
+    out = {}
+    for metric in metrics:
+        entry = {"mean": record.mean(metric)}
+        if record.results[0].episodes >= 2:
+            interval = record.interval(metric)
+            entry["ci95"] = [interval.low, interval.high]
+        if record.seeds:
+            entry["over_seeds"] = record.spread(metric)
+        out[metric] = entry
+    return out
+
+
+def bench_schedulers(budget: Budget, out_dir: Path, targets: Targets, seeds: dict[str, tuple[int, ...]] | None = None,
+                     protocol: Protocol = PROTOCOL, scenarios: tuple[str, ...] | None = None) -> dict:
+    from coinfer.rl.evaluation import METRICS
+    from coinfer.rl.plots import plot_learning_curve
+    from coinfer.rl.verdict import PolicyRecord, beats
 
     seeds = seeds or seeds_per_algo()
     report = {}
-    for name in SCHEDULER_SCENARIOS:
+    for name in scenarios or protocol.scenarios:
+        from coinfer.rl.scenario import load_scenario
+
         scenario = load_scenario(name)
-        print(f"[schedulers] {name}: baselines, then MAHPPO x {len(seeds['mahppo'])} and sb3-ppo x {len(seeds['sb3-ppo'])} seeds x {budget.train_steps} steps")
-        base = _baselines_cached(scenario, out_dir / "runs" / name, dict(budget.search_options))
-        runs = {algo: [_train_cached(algo, name, s, budget.train_steps, budget.eval_every_steps, _run_dir(out_dir, name, algo, s)) for s in seeds[algo]]
-                for algo in ALGOS}
-        mahppo = _spread([r["eval"]["reward"] for r in runs["mahppo"]])
-        sb3 = _spread([r["eval"]["reward"] for r in runs["sb3-ppo"]])
-        rivals = {b: base[b]["reward"] for b in BASELINES} | {"sb3-ppo": sb3["mean"]}
-        best_rival = max(rivals, key=rivals.get)
-        wins = mahppo["mean"] > rivals[best_rival]
-        for b in BASELINES:
-            r = base[b]
-            targets.add(f"{name}: {b} reward (s/task, J/task)", f"{r['reward']:.3f}", "< MAHPPO",
-                        f"{r['latency_per_task_s']:.4f} s, {r['energy_per_task_j']:.4f} J", r["reward"] < mahppo["mean"])
-        targets.add(f"{name}: sb3-ppo reward, mean [min, max] of {len(seeds['sb3-ppo'])} seed(s)", f"{sb3['mean']:.3f} [{sb3['min']:.3f}, {sb3['max']:.3f}]",
-                    "< MAHPPO", "-", sb3["mean"] < mahppo["mean"])
-        targets.add(f"{name}: MAHPPO reward, mean [min, max] of {len(seeds['mahppo'])} seed(s)", f"{mahppo['mean']:.3f} [{mahppo['min']:.3f}, {mahppo['max']:.3f}]",
-                    f"> {rivals[best_rival]:.3f} ({best_rival})", "-", bool(wins))
-        best = _spread([r["best_curve_eval_reward"] for r in runs["mahppo"]])
-        targets.add(f"{name}: MAHPPO best evaluation along the curve (not the final policy)", f"{best['mean']:.3f} [{best['min']:.3f}, {best['max']:.3f}]",
-                    "-", "-")
-        cell = None
-        if name in CELL_TRAINED_SCENARIOS:
-            cell = _spread([_train_cached("mahppo", name, s, budget.train_steps, budget.eval_every_steps, _run_dir(out_dir, name, CELL_RUN_PREFIX, s),
-                                          **CELL_OVERRIDES)["eval"]["reward"] for s in seeds["mahppo"]])
-            targets.add(f"{name}: MAHPPO trained on the evaluation cell (not the paper's protocol), mean [min, max]",
-                        f"{cell['mean']:.3f} [{cell['min']:.3f}, {cell['max']:.3f}]", "-", f"search {rivals['search']:.3f}")
-        walls = [r["wall_s"] * 500_000 / r["steps"] for r in runs["mahppo"]]
-        cpus = [r.get("cpu_s", float("nan")) * 500_000 / r["steps"] for r in runs["mahppo"]]
-        # Informative: these runs share the machine (see the training-time section for the target).
-        targets.add(f"{name}: MAHPPO CPU time for 500k steps, 1 thread, runs in parallel", f"{np.mean(cpus) / 60:.1f} min",
-                    "-", f"~{500_000 / PAPER_STEPS_PER_S / 60:.0f} min (paper code, 1 core)")
-        curves = {algo: [[(p["step"], p["eval_reward"]) for p in r["curve"]] for r in rs] for algo, rs in runs.items()}
+        sets = episode_sets(scenario, protocol)
+        algo_seeds = {algo: protocol.seeds_for(name, seeds[algo]) for algo in ALGOS}
+        print(f"[schedulers] {name}: {sets.held_out.describe()}; MAHPPO x {len(algo_seeds['mahppo'])} and sb3-ppo x "
+              f"{len(algo_seeds['sb3-ppo'])} seeds x {budget.train_steps} steps")
+        base = _baseline_records(name, out_dir, protocol, dict(budget.search_options))
+        trained = {algo: _trained_records(algo, name, algo_seeds[algo], budget, out_dir, protocol) for algo in ALGOS}
+        held = {b: PolicyRecord(b, (r,)) for b, r in base["held_out"].items()} | {algo: trained[algo][0]["held_out"] for algo in ALGOS}
+        cell = {b: PolicyRecord(b, (r,)) for b, r in base["cell"].items()} | {algo: trained[algo][0]["cell"] for algo in ALGOS}
+        mahppo = held["mahppo"]
+        n = f"{len(mahppo.seeds)} seeds x {len(sets.held_out)} ep."
+        verdicts = {}
+        for rival, record in held.items():
+            if rival == "mahppo":
+                continue
+            r = record.interval(protocol.metric)
+            seeds_note = f", {len(record.seeds)} seeds" if record.seeds else ""
+            oracle = rival == ORACLE
+            targets.add(f"{name}: {rival}, held-out reward{seeds_note}", _text(r), "report" if oracle else "< MAHPPO", _per_task(record),
+                        None if oracle else r.mean < mahppo.mean())
+            if record.seeds:
+                _add_spread(targets, name, rival, record, protocol.metric)
+            d = beats(mahppo, record, protocol.metric)
+            verdicts[rival] = d.to_dict()
+            target = "> 0 (MAHPPO beats it)" if rival != ORACLE else "report (beating it: stretch)"
+            targets.add(f"{name}: MAHPPO - {rival}, paired reward difference ({n})", _text(d), target, "-",
+                        d.above_zero() if rival != ORACLE else None)
+        m = mahppo.interval(protocol.metric)
+        targets.add(f"{name}: MAHPPO, held-out reward ({n})", _text(m), "> every baseline", _per_task(mahppo),
+                    all(v["low"] > 0 for k, v in verdicts.items() if k != ORACLE))
+        _add_spread(targets, name, "MAHPPO", mahppo, protocol.metric)
+        cell_spread = cell["mahppo"].spread(protocol.metric)
+        targets.add(f"{name}: paper protocol (evaluation cell, 1 episode), MAHPPO reward over seeds",
+                    f"{cell_spread['mean']:.3f} ± {cell_spread['std']:.3f}", "-",
+                    f"search {cell['search'].mean():.3f}, greedy {cell['greedy'].mean():.3f}; noise: the last slot moves it by ~0.3")
+        curves = {algo: [[(p["step"], p["eval_reward"]) for p in r["curve"]] for r in trained[algo][1]] for algo in ALGOS}
         plot = out_dir / f"learning_curves_{name}.png"
-        plot_learning_curve(curves, plot, title=f"{name}: evaluation reward (shared 2-core machine)",
-                            baselines={b: base[b]["reward"] for b in ("local", "greedy", "search")})
+        plot_learning_curve(curves, plot, title=f"{name}: training-loop held-out mean reward ({_config('mahppo', name, 1, {}).eval_episodes} episodes)",
+                            baselines={b: held[b].mean() for b in ("local", "greedy", "search")},
+                            bands={algo: [[(p["step"], p["eval_low"], p["eval_high"]) for p in r["curve"]] for r in trained[algo][1]] for algo in ALGOS})
         report[name] = {
-            "baselines": base, "mahppo": mahppo, "mahppo_best_along_curve": best, "sb3-ppo": sb3, "best_rival": best_rival, "pass": bool(wins),
-            "mahppo_trained_on_evaluation_cell": cell,
-            "mahppo_latency_per_task_s": _spread([r["eval"]["latency_per_task_s"] for r in runs["mahppo"]]),
-            "mahppo_energy_per_task_j": _spread([r["eval"]["energy_per_task_j"] for r in runs["mahppo"]]),
-            "mahppo_task_latency_mean_s": _spread([r["eval"]["task_latency_mean_s"] for r in runs["mahppo"]]),
-            "mahppo_minutes_per_500k_steps": _spread([w / 60 for w in walls]),
-            "mahppo_cpu_minutes_per_500k_steps": _spread([c / 60 for c in cpus]),
-            "sb3_minutes_per_500k_steps": _spread([r["wall_s"] * 500_000 / r["steps"] / 60 for r in runs["sb3-ppo"]]),
+            "episode_set": sets.held_out.to_dict(), "tuning_set": sets.tuning.to_dict(), "seeds": algo_seeds,
+            "held_out": {k: _figures(v, METRICS) for k, v in held.items()},
+            "paper_protocol_cell": {k: _figures(v, METRICS) for k, v in cell.items()},
+            "mahppo_minus": verdicts, "pass": all(v["low"] > 0 for k, v in verdicts.items() if k != ORACLE),
+            "mahppo_steps_per_s": _spread_of([r["steps_per_s"] for r in trained["mahppo"][1]]),
+            "mahppo_steps_per_cpu_s": _spread_of([r["steps"] / r["cpu_s"] for r in trained["mahppo"][1]]),
             "learning_curve_png": str(plot),
         }
     return report
 
 
+def _per_task(record) -> str:
+    """The per-task figures of a record with their intervals, for a report row."""
+    parts = []
+    for metric, label, digits in (("latency_per_task_s", "s/task", 4), ("energy_per_task_j", "J/task", 4),
+                                  ("task_latency_mean_s", "task latency mean s", 2), ("task_latency_p95_s", "p95 s", 2)):
+        parts.append(f"{label} {record.interval(metric).text(digits)}")
+    return "; ".join(parts)
+
+
+def _add_spread(targets: Targets, scenario: str, name: str, record, metric: str) -> None:
+    spread = record.spread(metric)
+    targets.add(f"{scenario}: {name}, spread of the per-seed held-out means ({len(record.seeds)} seeds)",
+                f"{spread['mean']:.3f} ± {spread['std']:.3f}", "-", f"min {spread['min']:.3f}, max {spread['max']:.3f}")
+
+
+def _spread_of(values: list[float]) -> dict:
+    a = np.array(values, dtype=float)
+    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max()), "runs": [float(v) for v in a]}
+
+
 # ---------------------------------------------------------------------------------------------
-# 4. Sweeps
+# 4. The paper's protocol against the paper code's agent
 
 
-def bench_sweeps(budget: Budget, out_dir: Path, targets: Targets) -> dict:
+def bench_paper_protocol(budget: Budget, out_dir: Path, targets: Targets, seeds: dict[str, tuple[int, ...]] | None = None,
+                         protocol: Protocol = PROTOCOL) -> dict:
+    seeds = seeds or seeds_per_algo()
+    mahppo_seeds = protocol.seeds_for(PAPER_SCENARIO, seeds["mahppo"])
+    print(f"[paper protocol] MAHPPO x {len(mahppo_seeds)} seeds on the evaluation cell of {PAPER_SCENARIO}, against the paper code's agent")
+    records, runs = _trained_records("mahppo", PAPER_SCENARIO, mahppo_seeds, budget, out_dir, protocol)
+    out: dict = {"seeds": mahppo_seeds}
+    for kind, key in (("greedy", "cell"), ("sampled", "sampled_cell")):
+        record = records[key]
+        figures = {m: record.spread(m) for m in ("reward", "latency_per_task_s", "energy_per_task_j")}
+        anchor = AUTHORS_AGENT[kind]
+        what = "1 episode, modes and means" if kind == "greedy" else f"{protocol.sampled_cell_episodes} episodes of sampled actions"
+        r, t, e = figures["reward"], figures["latency_per_task_s"], figures["energy_per_task_j"]
+        if kind == "greedy":
+            targets.add(f"{PAPER_SCENARIO} cell ({what}): reward, mean ± std of {len(mahppo_seeds)} seeds", f"{r['mean']:.3f} ± {r['std']:.3f}",
+                        f">= {anchor['reward']:.3f}", f"{anchor['reward']:.3f} (paper code's agent)", r["mean"] >= anchor["reward"])
+            targets.add(f"{PAPER_SCENARIO} cell ({what}): s/task, mean of seeds", f"{t['mean']:.4f}", f"<= {anchor['latency_per_task_s']:.4f}",
+                        f"{anchor['latency_per_task_s']:.4f} (paper code's agent)", t["mean"] <= anchor["latency_per_task_s"])
+            targets.add(f"{PAPER_SCENARIO} cell ({what}): J/task, mean of seeds", f"{e['mean']:.4f}", f"<= {anchor['energy_per_task_j']:.4f}",
+                        f"{anchor['energy_per_task_j']:.4f} (paper code's agent)", e["mean"] <= anchor["energy_per_task_j"])
+            targets.add(f"{PAPER_SCENARIO} cell ({what}): reward, moonshot", f"{r['mean']:.3f}", f">= {MOONSHOT_REWARD}", "-", r["mean"] >= MOONSHOT_REWARD)
+        else:
+            within = float(np.mean([res.reward_std for res in record.results]))
+            targets.add(f"{PAPER_SCENARIO} cell ({what}): reward, mean of seeds", f"{r['mean']:.3f} (within-seed std {within:.3f})",
+                        f"> {anchor['reward']:.3f}", f"{anchor['reward']:.3f} ± 0.165 (paper code's agent)", r["mean"] > anchor["reward"])
+            targets.add(f"{PAPER_SCENARIO} cell ({what}): s/task and J/task, mean of seeds", f"{t['mean']:.4f} s, {e['mean']:.4f} J", "-",
+                        f"{anchor['latency_per_task_s']:.4f} s, {anchor['energy_per_task_j']:.4f} J (paper code's agent)")
+        out[kind] = figures
+    rates = [r["steps"] / r["cpu_s"] for r in runs]
+    out["steps_per_cpu_s"] = _spread_of(rates)
+    targets.add(f"{PAPER_SCENARIO}: MAHPPO training steps per CPU-second, 1 thread, runs in parallel", f"{np.mean(rates):.0f}",
+                f">= {THROUGHPUT_TARGET:.0f}", f"{PAPER_STEPS_PER_S:.0f} (paper code)", float(np.mean(rates)) >= THROUGHPUT_TARGET)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Ablations: the paper code's choices
+
+
+def bench_ablations(budget: Budget, out_dir: Path, targets: Targets, seeds: dict[str, tuple[int, ...]] | None = None,
+                    protocol: Protocol = PROTOCOL) -> dict:
+    from coinfer.rl.verdict import beats
+
+    seeds = seeds or seeds_per_algo()
+    ablation_seeds = seeds["mahppo"][: protocol.ablation_seeds]
+    print(f"[ablations] MAHPPO on {PAPER_SCENARIO}, {len(ablation_seeds)} seeds each, against the defaults on the held-out episodes")
+    records = {label: _trained_records("mahppo", PAPER_SCENARIO, ablation_seeds, budget, out_dir, protocol, overrides) for label, overrides in ABLATIONS.items()}
+    reference = records["defaults"][0]["held_out"]
+    default_tag = _config_tag("mahppo", PAPER_SCENARIO, budget.train_steps, {})
+    out = {}
+    for label, (record, runs) in records.items():
+        held = record["held_out"]
+        same = label != "defaults" and _config_tag("mahppo", PAPER_SCENARIO, budget.train_steps, ABLATIONS[label]) == default_tag
+        if same:
+            label += " (= the defaults: the same runs)"
+        d = beats(held, reference) if label != "defaults" and not same else None
+        cell, sampled = record["cell"].spread(), record["sampled_cell"].spread()
+        rate = float(np.mean([r["steps"] / r["cpu_s"] for r in runs]))
+        targets.add(f"ablation: {label}: held-out reward", _text(held.interval()),
+                    "-" if d is None else "vs defaults: " + _text(d), f"cell {cell['mean']:.3f}, sampled cell {sampled['mean']:.3f}, {rate:.0f} steps/CPU-s")
+        out[label] = {"overrides": ABLATIONS[label.split(" (= the defaults")[0]], "held_out": _figures(held, ("reward", "latency_per_task_s", "energy_per_task_j")),
+                      "minus_defaults": d.to_dict() if d else None, "cell": cell, "sampled_cell": sampled, "steps_per_cpu_s": rate}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Sweeps
+
+
+def bench_sweeps(budget: Budget, out_dir: Path, targets: Targets, protocol: Protocol = PROTOCOL) -> dict:
+    from coinfer.rl.episodes import EpisodeSet
     from coinfer.rl.evaluation import evaluate_policy
-    from coinfer.rl.mahppo import MahppoConfig
-    from coinfer.rl.policy import make_policy
+    from coinfer.rl.policy import load_policy, make_policy
 
-    print(f"[sweeps] MAHPPO ({budget.sweep_steps} steps each) against local on mahppo-paper-resnet18 variants")
+    print(f"[sweeps] MAHPPO ({budget.sweep_steps} steps each) against local on {PAPER_SCENARIO} variants, {protocol.held_out_episodes} held-out episodes")
     report: dict[str, list] = {"devices": [], "beta": []}
     for kind, values in (("devices", budget.sweep_devices), ("beta", budget.sweep_betas)):
         for value in values:
-            overrides = _sweep_overrides(kind, value)
-            scenario = MahppoConfig(**overrides).build_scenario()
-            run = _train_cached("mahppo", "mahppo-paper-resnet18", 0, budget.sweep_steps, 0, _sweep_dir(out_dir, kind, value), **overrides)
-            local = evaluate_policy(make_policy("local", scenario), scenario)
-            ours = run["eval"]
-            row = {kind: value, "mahppo": ours, "local": local.summary(),
-                   "latency_reduction": 1 - ours["latency_per_task_s"] / local.latency_per_task_s,
-                   "energy_reduction": 1 - ours["energy_per_task_j"] / local.energy_per_task_j}
+            overrides = {**_sweep_overrides(kind, value), "eval_every_steps": 0}
+            scenario = _config("mahppo", PAPER_SCENARIO, budget.sweep_steps, overrides).build_scenario()
+            run_out = _sweep_dir(out_dir, kind, value, budget.sweep_steps)
+            _train_cached("mahppo", PAPER_SCENARIO, 0, budget.sweep_steps, 0, run_out, **overrides)
+            held_out = EpisodeSet.of(scenario, protocol.held_out_episodes)
+            ours = _cached_eval(run_out / "held_out.json", lambda: (evaluate_policy(load_policy(run_out / "policy.json", scenario), scenario, held_out), {}))
+            local = _cached_eval(run_out / "local_held_out.json", lambda: (evaluate_policy(make_policy("local", scenario), scenario, held_out), {}))
+            row = {kind: value, "mahppo": ours.summary(), "local": local.summary(),
+                   "latency_reduction": 1 - ours.latency_per_task_s / local.latency_per_task_s,
+                   "energy_reduction": 1 - ours.energy_per_task_j / local.energy_per_task_j}
             report[kind].append(row)
-            targets.add(f"{kind}={value:g}: latency / energy reduction vs local", f"{row['latency_reduction']:.0%} / {row['energy_reduction']:.0%}",
-                  "-", f"up to {PAPER_LATENCY_CLAIM:.0%} / {PAPER_ENERGY_CLAIM:.0%} (paper)")
+            targets.add(f"{kind}={value:g}: latency / energy reduction vs local (held-out means)", f"{row['latency_reduction']:.0%} / {row['energy_reduction']:.0%}",
+                        "-", f"up to {PAPER_LATENCY_CLAIM:.0%} / {PAPER_ENERGY_CLAIM:.0%} (paper)")
     _plot_sweeps(report, out_dir / "sweeps.png")
     report["png"] = str(out_dir / "sweeps.png")  # type: ignore[assignment]
     return report
@@ -488,53 +814,83 @@ def _plot_sweeps(report: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def train_only(out_dir: Path, quick: bool, jobs: int | None, only: str, seeds: dict[str, tuple[int, ...]] | None = None) -> None:
-    """Train the planned runs of one kind ('schedulers', 'sweeps' or 'all') and stop, without the report.
+def protocol_cost(plan: list[PlannedRun], out_dir: Path, jobs: int) -> dict:
+    """How long the planned training takes: CPU time of the finished runs, and an estimate for the rest."""
+    done = [json.loads((r.out / "result.json").read_text()) for r in plan if r.algo != "baselines" and r.done()]
+    rate = float(np.mean([d["steps"] / d["cpu_s"] for d in done])) if done else 500.0
+    todo_steps = sum(r.steps for r in plan if r.algo != "baselines" and not r.done())
+    cpu_h = sum(d["cpu_s"] for d in done) / 3600
+    left_h = todo_steps / rate / 3600
+    return {"runs": sum(r.algo != "baselines" for r in plan), "finished": len(done), "finished_cpu_hours": cpu_h,
+            "steps_left": todo_steps, "left_cpu_hours_estimate": left_h, "steps_per_cpu_s": rate,
+            "full_protocol_hours_on_jobs": (cpu_h + left_h) / max(jobs, 1), "jobs": jobs}
 
-    For spreading a bench over machines: each trains its share into a copy of ``out_dir``, the
-    ``runs`` folders are merged, and a plain run then finds everything trained and reports.
+
+def train_only(out_dir: Path, quick: bool, jobs: int | None, only: str, seeds: dict[str, tuple[int, ...]] | None = None,
+               scenarios: tuple[str, ...] | None = None) -> None:
+    """Train (and evaluate) the planned runs of one kind ('schedulers', 'ablations', 'sweeps' or 'all') and stop, without the report.
+
+    For spreading a bench over sittings or machines: each trains its share into a copy of
+    ``out_dir``, the ``runs`` and ``evals`` folders are merged, and a plain run then finds
+    everything done and reports.
     """
-    budget = QUICK if quick else FULL
-    plan = planned_runs(budget, Path(out_dir), seeds)
+    budget, protocol = (QUICK, QUICK_PROTOCOL) if quick else (FULL, PROTOCOL)
+    plan = planned_runs(budget, Path(out_dir), seeds, protocol, scenarios)
     if only != "all":
-        plan = [run for run in plan if run.part == only]
+        plan = [run for run in plan if run.part == only or (run.algo == "baselines" and only == "schedulers")]
     execute_planned(plan, _default_jobs(jobs))
 
 
-def run_benchmarks(out_dir: Path, quick: bool, jobs: int | None = None, seeds: dict[str, tuple[int, ...]] | None = None) -> dict:
+def run_benchmarks(out_dir: Path, quick: bool, jobs: int | None = None, seeds: dict[str, tuple[int, ...]] | None = None,
+                   scenarios: tuple[str, ...] | None = None) -> dict:
     """Run every section, print each figure beside its target and anchor, write ``bench.json``.
 
-    ``jobs`` worker processes train the planned runs first (default: one per core).
+    ``jobs`` worker processes train the planned runs first (default: one per core). ``scenarios``
+    limits the scheduler comparison (and, without the paper scenario, skips the sections on it).
 
     The returned dict has a ``targets`` list of rows {name, ours, target, anchor, met} for the
     ``coinfer bench`` report, and each section's full figures under its name.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    budget = QUICK if quick else FULL
+    budget, protocol = (QUICK, QUICK_PROTOCOL) if quick else (FULL, PROTOCOL)
     start = time.perf_counter()
     targets = Targets()
     jobs = _default_jobs(jobs)
     seeds = seeds or seeds_per_algo()
-    report: dict = {"quick": quick, "budget": asdict(budget), "jobs": jobs, "seeds": seeds, "targets": targets.rows}
+    plan = planned_runs(budget, out_dir, seeds, protocol, scenarios)
+    report: dict = {"quick": quick, "budget": asdict(budget), "protocol": asdict(protocol), "jobs": jobs, "seeds": seeds,
+                    "cost_before": protocol_cost(plan, out_dir, jobs), "targets": targets.rows}
+    cost = report["cost_before"]
+    print(f"[plan] {cost['finished']} of {cost['runs']} training runs done ({cost['finished_cpu_hours']:.1f} CPU-h); "
+          f"left about {cost['left_cpu_hours_estimate']:.1f} CPU-h; the full protocol takes about {cost['full_protocol_hours_on_jobs']:.1f} h on {jobs} cores")
 
     def save() -> None:
         (out_dir / "bench.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
 
-    sections = (
+    paper = scenarios is None or PAPER_SCENARIO in scenarios
+    sections: list[tuple[str, Callable[[], object]]] = [
         ("conformance", lambda: bench_conformance(targets)),
         ("speed", lambda: bench_speed(budget, targets)),
         ("training_time", lambda: bench_training_time(budget, out_dir, targets)),
-        ("plan", lambda: execute_planned(planned_runs(budget, out_dir, seeds), jobs)),
-        ("schedulers", lambda: bench_schedulers(budget, out_dir, targets, seeds)),
-        ("sweeps", lambda: bench_sweeps(budget, out_dir, targets)),
-    )
+        ("throughput", lambda: bench_throughput(budget, out_dir, targets)),
+        ("plan", lambda: execute_planned(plan, jobs)),
+        ("schedulers", lambda: bench_schedulers(budget, out_dir, targets, seeds, protocol, scenarios)),
+    ]
+    if paper:
+        sections += [("paper_protocol", lambda: bench_paper_protocol(budget, out_dir, targets, seeds, protocol)),
+                     ("ablations", lambda: bench_ablations(budget, out_dir, targets, seeds, protocol)),
+                     ("sweeps", lambda: bench_sweeps(budget, out_dir, targets, protocol))]
     for name, section in sections:
         result = section()
         if result is not None:
             report[name] = result
         report["wall_s"] = time.perf_counter() - start
         save()
+    cost = report["cost_after"] = protocol_cost(plan, out_dir, jobs)
+    targets.add(f"the whole protocol: {cost['runs']} training runs", f"{cost['finished_cpu_hours'] + cost['left_cpu_hours_estimate']:.1f} CPU-h",
+                "-", f"about {cost['full_protocol_hours_on_jobs']:.1f} h on {jobs} free cores (plus the baselines' searches)")
+    save()
     print(f"rl bench done in {report['wall_s'] / 60:.1f} min; wrote {out_dir / 'bench.json'}")
     return report
 
@@ -548,14 +904,30 @@ def _jsonable(value):
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """``--seeds``: distinct non-negative integers, comma separated."""
+    """``--seeds``: distinct training seeds (0..999999), comma separated."""
+    from coinfer.core.errors import InvalidInput
+    from coinfer.rl.episodes import check_training_seeds
+
     try:
         seeds = tuple(int(piece) for piece in text.split(",") if piece.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+    if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"give one or more distinct seeds >= 0, got {text!r}")
+    try:
+        check_training_seeds(seeds, "seeds")
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return seeds
+
+
+def parse_scenarios(text: str) -> tuple[str, ...]:
+    """``--scenarios``: a comma list of the protocol's scenarios."""
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [n for n in names if n not in PROTOCOL.scenarios]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(PROTOCOL.scenarios)}; got {text!r}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -563,18 +935,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/bench/rl", help="output folder")
     parser.add_argument("--quick", action="store_true", help="smoke budgets (minutes)")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes for the training runs (default: one per core)")
-    parser.add_argument("--train-only", choices=("all", "schedulers", "sweeps"), default=None,
-                        help="train that share of the planned runs and stop (to spread the bench over machines)")
-    parser.add_argument("--seeds", type=parse_seeds, default=SEEDS, help="MAHPPO training seeds, comma list (default 0,1,2)")
+    parser.add_argument("--train-only", choices=("all", "schedulers", "ablations", "sweeps"), default=None,
+                        help="train and evaluate that share of the planned runs and stop (to spread the bench over sittings or machines)")
+    parser.add_argument("--seeds", type=parse_seeds, default=SEEDS, help="training seeds, comma list (default 0,1,2,3,4; dense and heterogeneous take the first 3)")
     parser.add_argument("--sb3-seeds", type=parse_seeds, default=None, help="sb3-ppo training seeds (default: as --seeds)")
+    parser.add_argument("--scenarios", type=parse_scenarios, default=None, help=f"comma list of scenarios to compare on (default all: {', '.join(PROTOCOL.scenarios)})")
     args = parser.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     seeds = seeds_per_algo(args.seeds, args.sb3_seeds)
     if args.train_only:
-        train_only(Path(args.out), args.quick, args.jobs, args.train_only, seeds)
+        train_only(Path(args.out), args.quick, args.jobs, args.train_only, seeds, args.scenarios)
     else:
-        run_benchmarks(Path(args.out), args.quick, args.jobs, seeds)
+        run_benchmarks(Path(args.out), args.quick, args.jobs, seeds, args.scenarios)
     return 0
 
 

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma list of parts to run (from: {', '.join(PARTS)})")
     p.add_argument("--quick", action="store_true", help="small settings: checks the benchmarks run, figures are not the targets'")
     p.add_argument("--jobs", type=int, default=None, help="rl part: worker processes for its training runs (default: one per core)")
-    p.add_argument("--seeds", default=None, help="rl part: MAHPPO training seeds, comma list (default 0,1,2)")
+    p.add_argument("--seeds", default=None, help="rl part: training seeds, comma list (default 0,1,2,3,4; dense and heterogeneous take the first 3)")
     p.add_argument("--sb3-seeds", default=None, help="rl part: sb3-ppo training seeds (default: as --seeds)")
     p.set_defaults(handler=_run)
 

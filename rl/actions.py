@@ -79,3 +79,16 @@ def powers_from_unit(power_u: np.ndarray, low_w: np.ndarray, high_w: np.ndarray,
         floor_w = np.maximum(low_w, high_w * 1e-3)
         return np.exp(np.log(floor_w) + u * (np.log(high_w) - np.log(floor_w)))
     raise InvalidInput(f"power scale must be 'linear' or 'log', got {scale!r}")
+
+
+def sample_categorical(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One index per row of ``logits`` (..., C), drawn with probabilities softmax(logits) from ``rng``.
+
+    One uniform number per row, inverted through the cumulative probabilities (float64), so a
+    row's draw depends only on its logits and its generator.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    cumulative = np.cumsum(p, axis=-1)
+    u = rng.random(z.shape[:-1])[..., None] * cumulative[..., -1:]
+    return np.minimum((cumulative <= u).sum(axis=-1), z.shape[-1] - 1).astype(np.int64)

@@ -8,6 +8,8 @@ sub-channel n mod K), as if it were alone in the cell.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from coinfer.core.errors import InvalidInput
@@ -51,13 +53,21 @@ class RandomPolicy:
     def reset(self) -> None:
         pass
 
-    def act(self, observation: np.ndarray, deterministic: bool = True) -> JointAction:
-        batch = np.asarray(observation).shape[:-1]
-        shape = batch + (self.scenario.num_devices,)
+    def act(self, observation: np.ndarray, deterministic: bool = True, rngs: Sequence[np.random.Generator] | None = None) -> JointAction:
+        obs = np.asarray(observation)
+        rows = obs.reshape(-1, obs.shape[-1]).shape[0]
+        if rngs is not None and len(rngs) != rows:
+            raise InvalidInput(f"random: {len(rngs)} generators for {rows} states")
+        actions = [self._draw(self.rng if rngs is None else rngs[e]) for e in range(rows)]
+        stacked = JointAction(*(np.stack([getattr(a, k) for a in actions]) for k in ("points", "channels", "powers_w")))
+        return stacked.env(0) if obs.ndim == 1 else stacked
+
+    def _draw(self, rng: np.random.Generator) -> JointAction:
+        N = self.scenario.num_devices
         return JointAction(
-            self.rng.integers(0, self.scenario.num_points, size=shape),
-            self.rng.integers(0, self.scenario.num_subchannels, size=shape),
-            self.rng.uniform(self.low_w, self.high_w, size=shape),
+            rng.integers(0, self.scenario.num_points, size=N),
+            rng.integers(0, self.scenario.num_subchannels, size=N),
+            rng.uniform(self.low_w, self.high_w, size=N),
         )
 
 
@@ -105,7 +115,7 @@ class GreedyPolicy:
         points, levels = best // L, best % L
         return JointAction(points, default_channels(self.scenario), self.powers_w[np.arange(N), levels])
 
-    def act(self, observation: np.ndarray, deterministic: bool = True) -> JointAction:
+    def act(self, observation: np.ndarray, deterministic: bool = True, rngs: Sequence[np.random.Generator] | None = None) -> JointAction:
         obs = np.asarray(observation)
         N = self.scenario.num_devices
         if obs.shape[-1] != N * self.num_features:

@@ -35,11 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("eval", help="evaluate policies in the scenario's evaluation mode")
+    p = sub.add_parser("eval", help="evaluate policies on held-out episodes (means with 95%% intervals) or on the evaluation cell")
     p.add_argument("--scenario", default="mahppo-paper-resnet18", help="built-in scenario name or TOML path")
     p.add_argument("--policy", action="append", required=True, help=POLICY_HELP + " (repeat for several)")
-    p.add_argument("--episodes", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cell", choices=("random", "evaluation"), default="random",
+                   help="episodes drawn like the training episodes (default) or the scenario's evaluation cell (the paper's protocol)")
+    p.add_argument("--episodes", type=int, default=64, help="held-out episodes (default 64; an interval needs 2 or more)")
+    p.add_argument("--first-episode", type=int, default=0, help="index of the first held-out episode (default 0)")
+    p.add_argument("--episode-set", default=None, help="a JSON episode set (as the rl bench writes) instead of --cell/--episodes")
+    p.add_argument("--sampled", action="store_true", help="sample the actions (each episode from a generator of its own) instead of modes and means")
+    p.add_argument("--batch", type=int, default=32, help="episodes simulated together (the figures do not depend on it)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the baselines that draw (search's random starts)")
     p.add_argument("--out", default="eval.json", help="JSON report, one entry per policy name")
     p.set_defaults(handler=_eval)
 
@@ -88,35 +94,65 @@ def _train(args: argparse.Namespace) -> int:
         result = train_sb3_ppo(config, args.out, progress=not args.no_progress)
     print(
         f"trained {args.algo} for {result.steps} steps in {result.wall_s:.1f} s ({result.steps_per_s:.0f} steps/s); "
-        f"final evaluation reward {result.final_eval_reward:.4f}; policy {result.policy_path}"
+        f"final held-out mean reward {result.final_eval_reward:.4f}{_band(result)}, evaluation cell {_cell(result)}; policy {result.policy_path}"
     )
     return 0
 
 
+def _band(result) -> str:
+    last = result.curve[-1] if getattr(result, "curve", None) else None
+    return f" [{last.eval_low:.4f}, {last.eval_high:.4f}]" if last is not None else ""
+
+
+def _cell(result) -> str:
+    last = result.curve[-1] if getattr(result, "curve", None) else None
+    return f"{last.cell_reward:.4f}" if last is not None else "-"
+
+
 def _eval(args: argparse.Namespace) -> int:
+    from coinfer.core.errors import InvalidInput
+    from coinfer.rl.episodes import EpisodeSet
     from coinfer.rl.evaluation import evaluate_policy
     from coinfer.rl.policy import make_policy
     from coinfer.rl.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
+    if args.episode_set is not None:
+        try:
+            data = json.loads(Path(args.episode_set).read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"--episode-set {args.episode_set}: not a readable JSON file ({exc})") from exc
+        episodes = EpisodeSet.from_dict(data, args.episode_set)
+    else:
+        episodes = EpisodeSet.of(scenario, args.episodes, cell=args.cell, first=args.first_episode)
+    episodes.check(scenario)
+    if len(episodes) < 2 and args.cell == "random" and args.episode_set is None:
+        raise InvalidInput(f"--episodes: a 95% interval over held-out episodes needs at least 2 episodes, got {len(episodes)}")
+    print(f"evaluating on {episodes.describe()}" + (", sampled actions" if args.sampled else ""))
     report: dict[str, dict] = {}
     for ref in args.policy:
         policy = make_policy(ref, scenario, seed=args.seed)
-        result = evaluate_policy(policy, scenario, episodes=args.episodes, seed=args.seed)
+        result = evaluate_policy(policy, scenario, episodes, deterministic=not args.sampled, batch_size=args.batch)
         key, i = policy.name, 2
         while key in report:
             key, i = f"{policy.name}#{i}", i + 1
         report[key] = {"source": ref, **result.summary()}
-        print(
-            f"{key:12s} reward {result.reward:9.4f}  latency/task {result.latency_per_task_s:.4f} s  "
-            f"energy/task {result.energy_per_task_j:.4f} J  task latency mean {result.task_latency_mean_s:.3f} s "
-            f"p95 {result.task_latency_p95_s:.3f} s  finished {result.finished_tasks:.0f}"
-        )
+        print(f"{key:12s} " + "  ".join(_figure(result, metric, label) for metric, label in _PRINTED) + f"  finished {result.finished_tasks:.0f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {out}" + ("" if len(episodes) > 1 else " (one episode: no interval)"))
     return 0
+
+
+_PRINTED = (("reward", "reward"), ("latency_per_task_s", "s/task"), ("energy_per_task_j", "J/task"),
+            ("task_latency_mean_s", "task latency mean s"), ("task_latency_p95_s", "p95 s"))
+
+
+def _figure(result, metric: str, label: str) -> str:
+    value = getattr(result, metric)
+    interval = result.intervals.get(metric) if result.intervals else None
+    return f"{label} {value:.4f}" + (f" [{interval.low:.4f}, {interval.high:.4f}]" if interval else "")
 
 
 def _scenarios(args: argparse.Namespace) -> int:

@@ -24,24 +24,28 @@ import torch
 from coinfer.core.errors import InvalidInput
 from coinfer.rl.actions import JointAction, powers_from_unit
 from coinfer.rl.envs.batched import BatchedEnv
+from coinfer.rl.episodes import EpisodeSet, check_training_seeds
 from coinfer.rl.networks import ACTIVATIONS, Critic, HybridActor, hybrid_entropy, hybrid_log_prob, hybrid_sample
 from coinfer.rl.scenario import Scenario, load_scenario
 
 
 TRAIN_CELL_MODES = {"random": "train", "evaluation": "eval"}
 """`MahppoConfig.train_cell` -> the simulator mode whose episodes it trains on."""
+ADVANTAGE_NORMALIZATIONS = ("minibatch", "rollout", "none")
+"""Values of `MahppoConfig.advantage_normalization`."""
 
 
 @dataclass
 class MahppoConfig:
     """Everything a MAHPPO run depends on.
 
-    The defaults are the paper's (learning rates, gamma, lambda, clip, entropy, network sizes,
-    minibatches of 256 with 80 gradient steps per 1024 environment steps, 500k steps), except:
-    rollouts gather 4096 steps from 128 environments at once (the batched simulator's cost per
-    call hardly grows with the number of environments: 128 train about 25% faster than 64 on one
-    core), the power head spans its range geometrically, and the learning rate decays linearly
-    (CleanRL's default).
+    The defaults are the paper's and its code's (learning rates, gamma, lambda, clip, entropy,
+    network sizes, an update every 1024 environment steps with 80 minibatches of 256, a constant
+    learning rate, no gradient clipping, 500k steps), except: each update's 1024 steps come from 64
+    environments stepped together (16 steps each; the paper code steps one), advantages are
+    normalised per minibatch (the code: over the rollout), the power head spans its range
+    geometrically (the code: linearly) and the hidden layers are ReLU (the paper: tanh). What
+    each of these choices is worth: docs/rl.md, "MAHPPO's defaults and the paper code's choices".
     """
 
     scenario: str = "mahppo-paper-resnet18"
@@ -54,10 +58,11 @@ class MahppoConfig:
     """Environment steps (slots of one environment) to train for."""
     seed: int = 0
     """Root seed of the simulator, the networks and the sampling."""
-    num_envs: int = 128
-    """Environments stepped together by the batched simulator."""
-    rollout_steps: int = 4096
-    """Environment steps per update, over all environments (32 per environment by default)."""
+    num_envs: int = 64
+    """Environments stepped together by the batched simulator (its cost per call hardly grows with
+    them, so fewer cost more per step: 32 fall below 725 steps/s on one core; docs/rl.md)."""
+    rollout_steps: int = 1024
+    """Environment steps per update, over all environments (16 per environment by default; the paper code's 1024)."""
     update_epochs: int = 20
     """Passes over each rollout: 20 epochs of minibatches of 256 are the paper's 80 minibatches per 1024 steps."""
     minibatch_size: int = 256
@@ -66,8 +71,8 @@ class MahppoConfig:
     """Adam learning rate of the actors."""
     critic_lr: float = 1e-4
     """Adam learning rate of the critic."""
-    anneal_lr: bool = True
-    """Decay both learning rates linearly to 0 over training (as CleanRL's ppo.py; steadier final policies)."""
+    anneal_lr: bool = False
+    """Decay both learning rates linearly to 0 over training (as CleanRL's ppo.py); the paper code keeps them constant."""
     gamma: float = 0.95
     """Discount factor."""
     gae_lambda: float = 0.95
@@ -76,10 +81,11 @@ class MahppoConfig:
     """PPO clip range of every component's ratio."""
     ent_coef: float = 0.001
     """Entropy bonus weight."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip per network."""
-    normalize_advantages: bool = True
-    """Normalise advantages per minibatch."""
+    max_grad_norm: float = 0.0
+    """Global gradient-norm clip per network (0: no clipping, as the paper code)."""
+    advantage_normalization: str = "minibatch"
+    """Scale advantages to mean 0 and std 1 over each 'minibatch', over the whole 'rollout' (the
+    paper's code), or not at all ('none')."""
     actor_hidden: tuple[int, ...] = (256, 128)
     """Hidden sizes of each actor's trunk."""
     critic_hidden: tuple[int, ...] = (256, 128, 64)
@@ -98,9 +104,10 @@ class MahppoConfig:
     torch_threads: int = 1
     """Intra-op threads for torch (the networks are small; 1 is fastest on 2 cores)."""
     eval_every_steps: int = 25_000
-    """Evaluate the deterministic policy in evaluation mode every this many steps (0: never)."""
-    eval_episodes: int = 1
-    """Evaluation episodes per evaluation."""
+    """Evaluate the deterministic policy every this many steps (0: only at the end)."""
+    eval_episodes: int = 16
+    """Held-out episodes per evaluation: the first of the scenario's held-out set (drawn like the
+    training episodes; `coinfer.rl.episodes`). The evaluation cell is evaluated beside them."""
     checkpoint_every_steps: int = 100_000
     """Save a checkpoint every this many steps (0: only the final policy)."""
 
@@ -120,6 +127,13 @@ class MahppoConfig:
             raise InvalidInput(f"train_cell must be 'random' or 'evaluation', got {self.train_cell!r}")
         if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
             raise InvalidInput(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.advantage_normalization not in ADVANTAGE_NORMALIZATIONS:
+            raise InvalidInput(f"advantage_normalization must be one of {', '.join(ADVANTAGE_NORMALIZATIONS)}, got {self.advantage_normalization!r}")
+        if self.max_grad_norm < 0:
+            raise InvalidInput(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
+        if self.eval_episodes < 2:
+            raise InvalidInput(f"eval_episodes must be >= 2 (a mean with an interval), got {self.eval_episodes}")
+        check_training_seeds([self.seed], "seed")
         if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise InvalidInput(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {self.gamma} and {self.gae_lambda}")
 
@@ -180,7 +194,13 @@ class CurvePoint:
     step: int
     """Environment steps so far."""
     eval_reward: float
-    """Evaluation-mode episode reward of the deterministic policy."""
+    """Mean reward of the deterministic policy over the held-out episodes of the training loop."""
+    eval_low: float
+    """Lower end of its 95 % interval."""
+    eval_high: float
+    """Upper end of its 95 % interval."""
+    cell_reward: float
+    """Reward of the deterministic policy on the evaluation cell (one episode: the paper's protocol)."""
     train_reward: float
     """Mean reward of the training episodes that ended since the previous point (nan if none)."""
     wall_s: float
@@ -202,9 +222,9 @@ class TrainResult:
     curve: list[CurvePoint] = field(default_factory=list)
     """Learning curve."""
     final_eval_reward: float = float("nan")
-    """Evaluation reward of the final policy."""
+    """Held-out mean reward of the final policy (the training loop's episodes)."""
     best_eval_reward: float = float("nan")
-    """Best evaluation reward along the curve (its policy is saved as ``policy-best``)."""
+    """Best held-out mean reward along the curve (its policy is saved as ``policy-best``)."""
     best_policy_path: Path | None = None
     """The best evaluated policy's JSON file."""
     cpu_s: float = float("nan")
@@ -233,6 +253,7 @@ def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progre
     policy = MahppoPolicy(actor, scenario, config, name="mahppo")
     out = Path(out_dir) if out_dir is not None else None
     writer = _ScalarWriter(out)
+    held_out = EpisodeSet.of(scenario, config.eval_episodes)
 
     # Storage
     T, E = config.steps_per_env(), config.num_envs
@@ -292,6 +313,8 @@ def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progre
         b_obs, b_points, b_channels = obs_buf.reshape(T * E, -1), point_buf.reshape(T * E, N), channel_buf.reshape(T * E, N)
         b_power, b_logp = power_buf.reshape(T * E, N), logp_buf.reshape(T * E, N, 3)
         b_adv, b_ret = advantages.reshape(-1), returns.reshape(-1)
+        if config.advantage_normalization == "rollout":
+            b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
         stats = _UpdateStats()
         for _ in range(config.update_epochs):
             order = torch.randperm(T * E)
@@ -301,7 +324,7 @@ def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progre
                 new_logp = hybrid_log_prob(params, b_points[mb], b_channels[mb], b_power[mb])
                 entropy = hybrid_entropy(params).mean()
                 mb_adv = b_adv[mb]
-                if config.normalize_advantages:
+                if config.advantage_normalization == "minibatch":
                     mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
                 # Policy loss
                 policy_loss = clipped_surrogate_loss(new_logp, b_logp[mb], mb_adv, config.clip_coef)
@@ -311,8 +334,9 @@ def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progre
                 actor_opt.zero_grad()
                 critic_opt.zero_grad()
                 (policy_loss - config.ent_coef * entropy + value_loss).backward()
-                torch.nn.utils.clip_grad_norm_(actor.parameters(), config.max_grad_norm)
-                torch.nn.utils.clip_grad_norm_(critic.parameters(), config.max_grad_norm)
+                if config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(actor.parameters(), config.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(critic.parameters(), config.max_grad_norm)
                 actor_opt.step()
                 critic_opt.step()
                 with torch.no_grad():
@@ -327,9 +351,12 @@ def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progre
         if (config.eval_every_steps and step_count >= next_eval) or last:
             next_eval += config.eval_every_steps
             actor.eval()
-            result = evaluate_policy(policy, scenario, episodes=config.eval_episodes, seed=config.seed)
-            curve.append(CurvePoint(step_count, result.reward, train_reward, elapsed))
-            writer.eval_row(step_count, elapsed, result)
+            result = evaluate_policy(policy, scenario, held_out)
+            cell = evaluate_policy(policy, scenario, 1)
+            interval = result.intervals["reward"] if result.intervals else None
+            curve.append(CurvePoint(step_count, result.reward, interval.low if interval else float("nan"),
+                                    interval.high if interval else float("nan"), cell.reward, train_reward, elapsed))
+            writer.eval_row(step_count, elapsed, result, cell)
             if result.reward > best_reward:
                 best_reward = result.reward
                 if out is not None:
@@ -347,7 +374,9 @@ def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progre
         policy_path = policy.save(out / "policy", critic=critic)
         from coinfer.rl.plots import plot_learning_curve
 
-        plot_learning_curve({"mahppo": [[(p.step, p.eval_reward) for p in curve]]}, out / "learning_curve.png", title=f"MAHPPO on {scenario.name}")
+        plot_learning_curve({"mahppo": [[(p.step, p.eval_reward) for p in curve]]}, out / "learning_curve.png",
+                            title=f"MAHPPO on {scenario.name}: mean of {config.eval_episodes} held-out episodes",
+                            bands={"mahppo": [[(p.step, p.eval_low, p.eval_high) for p in curve]]})
     final = curve[-1].eval_reward if curve else float("nan")
     return TrainResult(policy_path, step_count, wall_s, step_count / wall_s, curve, final, best_reward, best_path, time.process_time() - cpu_start)
 
@@ -379,7 +408,7 @@ class _ScalarWriter:
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             self._write("train.csv", ["step", "wall_s", "steps_per_s", "train_reward", *_UpdateStats.NAMES], mode="w")
-            self._write("eval.csv", ["step", "wall_s", "reward", "latency_per_task_s", "energy_per_task_j", "task_latency_mean_s", "finished_tasks"], mode="w")
+            self._write("eval.csv", EVAL_COLUMNS, mode="w")
 
     def _write(self, name: str, row: list, mode: str = "a") -> None:
         if self.out is None:
@@ -390,11 +419,22 @@ class _ScalarWriter:
     def train_row(self, step: int, wall_s: float, sps: float, train_reward: float, stats: dict[str, float]) -> None:
         self._write("train.csv", [step, f"{wall_s:.2f}", f"{sps:.1f}", f"{train_reward:.5f}", *(f"{v:.6g}" for v in stats.values())])
 
-    def eval_row(self, step: int, wall_s: float, r) -> None:
-        self._write(
-            "eval.csv",
-            [step, f"{wall_s:.2f}", f"{r.reward:.5f}", f"{r.latency_per_task_s:.5f}", f"{r.energy_per_task_j:.5f}", f"{r.task_latency_mean_s:.4f}", r.finished_tasks],
-        )
+    def eval_row(self, step: int, wall_s: float, held_out, cell) -> None:
+        self._write("eval.csv", eval_csv_row(step, wall_s, held_out, cell))
+
+
+EVAL_COLUMNS = ["step", "wall_s", "reward", "reward_low", "reward_high", "latency_per_task_s", "energy_per_task_j", "task_latency_mean_s",
+                "task_latency_p95_s", "finished_tasks", "cell_reward", "cell_latency_per_task_s", "cell_energy_per_task_j"]
+"""``eval.csv``: the held-out means (reward with its 95 % interval) and the evaluation cell's episode."""
+
+
+def eval_csv_row(step: int, wall_s: float, held_out, cell) -> list:
+    """One ``eval.csv`` row from the held-out result and the evaluation cell's (`EvalResult`s)."""
+    interval = held_out.intervals["reward"] if held_out.intervals else None
+    return [step, f"{wall_s:.2f}", f"{held_out.reward:.5f}", f"{interval.low:.5f}" if interval else "", f"{interval.high:.5f}" if interval else "",
+            f"{held_out.latency_per_task_s:.5f}", f"{held_out.energy_per_task_j:.5f}", f"{held_out.task_latency_mean_s:.4f}",
+            f"{held_out.task_latency_p95_s:.4f}", f"{held_out.finished_tasks:.1f}", f"{cell.reward:.5f}", f"{cell.latency_per_task_s:.5f}",
+            f"{cell.energy_per_task_j:.5f}"]
 
 
 class _NoBar:

@@ -8,15 +8,16 @@ The runtime's scheduler needs only this::
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from coinfer.core.errors import InvalidInput
-from coinfer.rl.actions import JointAction, powers_from_unit
-from coinfer.rl.networks import Critic, HybridActor, hybrid_sample
+from coinfer.rl.actions import JointAction, powers_from_unit, sample_categorical
+from coinfer.rl.networks import Critic, HybridActor
 from coinfer.rl.policy_files import PolicySpec, check_compatible, read_policy_spec, read_policy_tensors, save_policy
 from coinfer.rl.scenario import Scenario
 from coinfer.rl.sim.core import feature_names
@@ -26,7 +27,13 @@ if TYPE_CHECKING:
 
 
 class MahppoPolicy:
-    """Deterministic (mode and mean) or sampled actions of MAHPPO actors."""
+    """Deterministic (mode and mean) or sampled actions of MAHPPO actors.
+
+    Acting runs the actor on one state at a time in float64 and rounds its outputs to float32
+    before choosing: a row's action then depends neither on the batch it came in nor on which
+    kernels or how many threads computed it (a difference would have to cross a float32
+    rounding boundary); ties between logits go to the lower index.
+    """
 
     def __init__(
         self,
@@ -51,11 +58,14 @@ class MahppoPolicy:
             raise InvalidInput("a MAHPPO policy needs a scenario or a policy spec")
         self.num_devices = actor.num_devices
         self.state_dim = actor.num_devices * actor.num_features
+        self._rng = np.random.default_rng()
+        self._actor64: HybridActor | None = None
+        self._actor64_versions: tuple[int, ...] = ()
 
     def reset(self) -> None:
         pass
 
-    def act(self, observation: np.ndarray, deterministic: bool = True) -> JointAction:
+    def act(self, observation: np.ndarray, deterministic: bool = True, rngs: Sequence[np.random.Generator] | None = None) -> JointAction:
         obs = np.asarray(observation, dtype=np.float32)
         single = obs.ndim == 1
         if obs.shape[-1] != self.state_dim:
@@ -63,12 +73,33 @@ class MahppoPolicy:
                 f"policy {self.name!r} expects global states of {self.state_dim} values "
                 f"({self.num_devices} devices x {self.actor.num_features} features), got {obs.shape[-1]}"
             )
+        rows = obs.reshape(-1, self.state_dim)
+        if rngs is not None and len(rngs) != rows.shape[0]:
+            raise InvalidInput(f"policy {self.name!r}: {len(rngs)} generators for {rows.shape[0]} states")
+        actor = self._float64_actor()
+        N = self.num_devices
+        points, channels, power_u = np.zeros((rows.shape[0], N), np.int64), np.zeros((rows.shape[0], N), np.int64), np.zeros((rows.shape[0], N))
         with torch.no_grad():
-            params = self.actor(torch.as_tensor(obs.reshape(-1, self.state_dim)))
-            points, channels, power_u = hybrid_sample(params, deterministic)
-        powers = powers_from_unit(power_u.numpy().astype(float), self.power_low_w, self.power_high_w, self.power_scale)
-        action = JointAction(points.numpy(), channels.numpy(), powers)
+            for e, row in enumerate(rows):
+                p = actor(torch.as_tensor(row, dtype=torch.float64)[None])
+                point_logits, channel_logits = p.point_logits[0].float().numpy(), p.channel_logits[0].float().numpy()
+                mean, std = p.power_mean[0].float().numpy().astype(float), p.power_std[0].float().numpy().astype(float)
+                if deterministic:
+                    points[e], channels[e], power_u[e] = point_logits.argmax(-1), channel_logits.argmax(-1), mean
+                else:
+                    rng = self._rng if rngs is None else rngs[e]
+                    points[e], channels[e] = sample_categorical(point_logits, rng), sample_categorical(channel_logits, rng)
+                    power_u[e] = mean + std * rng.standard_normal(N)
+        powers = powers_from_unit(power_u, self.power_low_w, self.power_high_w, self.power_scale)
+        action = JointAction(points, channels, powers)
         return action.env(0) if single else action
+
+    def _float64_actor(self) -> HybridActor:
+        """A float64 copy of the actor, made again whenever the actor's weights have changed (training)."""
+        versions = tuple(p._version for p in self.actor.parameters())
+        if self._actor64 is None or versions != self._actor64_versions:
+            self._actor64, self._actor64_versions = copy.deepcopy(self.actor).double().eval(), versions
+        return self._actor64
 
     # -----------------------------------------------------------------------------------------
 

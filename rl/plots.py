@@ -24,8 +24,19 @@ def mean_and_spread(runs: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np
     return steps, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
-def plot_learning_curve(curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str, baselines: dict[str, float] | None = None) -> None:
-    """Evaluation reward against environment steps: per algorithm the mean over runs and the min-max band."""
+def plot_learning_curve(
+    curves: dict[str, list[list[tuple[int, float]]]],
+    path: Path,
+    title: str,
+    baselines: dict[str, float] | None = None,
+    bands: dict[str, list[list[tuple[int, float, float]]]] | None = None,
+    ylabel: str = "held-out mean reward",
+) -> None:
+    """Evaluation reward against environment steps, per algorithm.
+
+    Several runs: their mean and the min-max band over runs. One run: its curve and, if
+    ``bands`` has it, its 95 % interval at every point.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     shown: list[float] = []
@@ -34,10 +45,16 @@ def plot_learning_curve(curves: dict[str, list[list[tuple[int, float]]]], path: 
         if not runs:
             continue
         steps, mean, low, high = mean_and_spread(runs)
-        ax.plot(steps, mean, label=f"{name} (mean of {len(runs)})" if len(runs) > 1 else name)
-        if len(runs) > 1:
-            ax.fill_between(steps, low, high, alpha=0.25)
-        shown += [float(low.min()), float(high.max())]
+        label = f"{name} (mean of {len(runs)} seeds, min-max band)" if len(runs) > 1 else name
+        one_band = [b for b in (bands or {}).get(name, []) if b]
+        if len(runs) == 1 and one_band:
+            points = one_band[0][: len(steps)]
+            low, high = np.array([b[1] for b in points]), np.array([b[2] for b in points])
+            label = f"{name} (95% interval band)"
+        ax.plot(steps, mean, label=label)
+        if len(runs) > 1 or one_band:
+            ax.fill_between(steps[: len(low)], low, high, alpha=0.25)
+        shown += [float(np.nanmin(low)), float(np.nanmax(high))]
     # A baseline far below every curve (greedy, offload) would squash the curves into one line:
     # it is named in the corner instead of drawn.
     floor = min(shown) - 2 * (max(shown) - min(shown) or 1.0) if shown else -np.inf
@@ -51,7 +68,7 @@ def plot_learning_curve(curves: dict[str, list[list[tuple[int, float]]]], path: 
     if off_axis:
         ax.annotate("below the axis: " + ", ".join(off_axis), (0.01, 0.02), xycoords="axes fraction", fontsize=7, color="dimgrey")
     ax.set_xlabel("environment steps")
-    ax.set_ylabel("evaluation reward (episode)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)

@@ -11,7 +11,7 @@ so the simulator's evaluation and the runtime's scheduler treat them alike::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -28,8 +28,14 @@ class Policy(Protocol):
 
     name: str
 
-    def act(self, observation: np.ndarray, deterministic: bool = True) -> JointAction:
-        """Joint action for a global state (N * F,) or a batch of them (E, N * F)."""
+    def act(self, observation: np.ndarray, deterministic: bool = True, rngs: Sequence[np.random.Generator] | None = None) -> JointAction:
+        """Joint action for a global state (N * F,) or a batch of them (E, N * F).
+
+        Every row is acted on alone: a row's action does not depend on the other rows, on how
+        many there are, or on torch's thread count. A policy that draws (sampled actions, the
+        ``random`` baseline) draws row e from ``rngs[e]`` when given (evaluation gives each
+        episode its own), else from a generator of its own.
+        """
         ...
 
     def reset(self) -> None:
@@ -46,7 +52,7 @@ class FixedPolicy:
             np.asarray(action.points, dtype=np.int64), np.asarray(action.channels, dtype=np.int64), np.asarray(action.powers_w, dtype=float)
         )
 
-    def act(self, observation: np.ndarray, deterministic: bool = True) -> JointAction:
+    def act(self, observation: np.ndarray, deterministic: bool = True, rngs: Sequence[np.random.Generator] | None = None) -> JointAction:
         obs = np.asarray(observation)
         if obs.ndim == 1:
             return self.action

@@ -8,9 +8,11 @@ behind the same `Policy` protocol.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,8 +20,9 @@ from gymnasium import spaces
 from torch import nn
 
 from coinfer.core.errors import InvalidInput
-from coinfer.rl.actions import JointAction, decode_discrete, power_grids_w
-from coinfer.rl.mahppo import CurvePoint, TrainResult
+from coinfer.rl.actions import JointAction, decode_discrete, power_grids_w, sample_categorical
+from coinfer.rl.episodes import EpisodeSet, check_training_seeds
+from coinfer.rl.mahppo import EVAL_COLUMNS, CurvePoint, TrainResult, eval_csv_row
 from coinfer.rl.policy_files import PolicySpec, check_compatible, read_policy_spec, read_policy_tensors, save_policy
 from coinfer.rl.scenario import Scenario, load_scenario
 from coinfer.rl.sim.core import Simulator, feature_names
@@ -63,8 +66,8 @@ class Sb3PpoConfig:
     """Intra-op threads for torch."""
     eval_every_steps: int = 25_000
     """Evaluate the deterministic policy every this many steps."""
-    eval_episodes: int = 1
-    """Evaluation episodes per evaluation."""
+    eval_episodes: int = 16
+    """Held-out episodes per evaluation (as `MahppoConfig.eval_episodes`)."""
 
 
 def _spaces(scenario: Scenario, power_levels: int) -> tuple[spaces.Box, spaces.MultiDiscrete]:
@@ -82,23 +85,50 @@ def _power_levels(scenario: Scenario, levels: int) -> np.ndarray:
 
 
 class Sb3Policy:
-    """A trained SB3 actor-critic policy behind the `Policy` protocol."""
+    """A trained SB3 actor-critic policy behind the `Policy` protocol.
+
+    Acts as `MahppoPolicy` does: one state at a time, the actor in float64, its logits rounded
+    to float32, ties to the lower index, sampled actions from the row's generator.
+    """
 
     def __init__(self, sb3_policy, scenario: Scenario, power_levels: int, name: str = "sb3-ppo", config: Sb3PpoConfig | None = None) -> None:
         self.policy, self.scenario, self.name, self.config = sb3_policy, scenario, name, config
         self.power_levels = power_levels
         self.levels_w = _power_levels(scenario, power_levels)
         self.state_dim = scenario.num_devices * len(feature_names(scenario))
+        self._rng = np.random.default_rng()
+        self._actor64: tuple[nn.Module, nn.Module] | None = None
+        self._actor64_versions: tuple[int, ...] = ()
 
     def reset(self) -> None:
         pass
 
-    def act(self, observation: np.ndarray, deterministic: bool = True) -> JointAction:
+    def act(self, observation: np.ndarray, deterministic: bool = True, rngs: Sequence[np.random.Generator] | None = None) -> JointAction:
         obs = np.asarray(observation, dtype=np.float32)
         if obs.shape[-1] != self.state_dim:
             raise InvalidInput(f"policy {self.name!r} expects global states of {self.state_dim} values, got {obs.shape[-1]}")
-        actions, _ = self.policy.predict(obs, deterministic=deterministic)
-        return decode_discrete(actions, self.levels_w)
+        rows = obs.reshape(-1, self.state_dim)
+        if rngs is not None and len(rngs) != rows.shape[0]:
+            raise InvalidInput(f"policy {self.name!r}: {len(rngs)} generators for {rows.shape[0]} states")
+        trunk, head = self._float64_actor()
+        sizes = [int(n) for n in self.policy.action_space.nvec]
+        actions = np.zeros((rows.shape[0], len(sizes)), np.int64)
+        with torch.no_grad():
+            for e, row in enumerate(rows):
+                logits = head(trunk(torch.as_tensor(row, dtype=torch.float64)[None]))[0].float().numpy()
+                parts = np.split(logits, np.cumsum(sizes)[:-1])
+                rng = self._rng if rngs is None else rngs[e]
+                actions[e] = [part.argmax() if deterministic else sample_categorical(part, rng) for part in parts]
+        action = decode_discrete(actions, self.levels_w)
+        return action.env(0) if obs.ndim == 1 else action
+
+    def _float64_actor(self) -> tuple[nn.Module, nn.Module]:
+        """Float64 copies of the policy's trunk and action head, made again whenever their weights have changed."""
+        trunk, head = self.policy.mlp_extractor.policy_net, self.policy.action_net
+        versions = tuple(p._version for p in (*trunk.parameters(), *head.parameters()))
+        if self._actor64 is None or versions != self._actor64_versions:
+            self._actor64, self._actor64_versions = (copy.deepcopy(trunk).double(), copy.deepcopy(head).double()), versions
+        return self._actor64
 
     def spec(self) -> PolicySpec:
         s = self.scenario
@@ -158,6 +188,10 @@ def train_sb3_ppo(config: Sb3PpoConfig, out_dir: str | Path | None = None, progr
     from coinfer.rl.plots import plot_learning_curve
 
     scenario = load_scenario(config.scenario)
+    check_training_seeds([config.seed], "seed")
+    if config.eval_episodes < 2:
+        raise InvalidInput(f"eval_episodes must be >= 2 (a mean with an interval), got {config.eval_episodes}")
+    held_out = EpisodeSet.of(scenario, config.eval_episodes)
     torch.set_num_threads(config.torch_threads)
     # One random stream for all environments: the batched simulator's seeding, as MAHPPO trains.
     vector = OffloadingVectorEnv(
@@ -184,7 +218,7 @@ def train_sb3_ppo(config: Sb3PpoConfig, out_dir: str | Path | None = None, progr
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.csv").write_text("step,wall_s,reward,latency_per_task_s,energy_per_task_j,task_latency_mean_s,finished_tasks\n")
+        (out / "eval.csv").write_text(",".join(EVAL_COLUMNS) + "\n")
     curve: list[CurvePoint] = []
     start, cpu_start = time.perf_counter(), time.process_time()
 
@@ -204,14 +238,17 @@ def train_sb3_ppo(config: Sb3PpoConfig, out_dir: str | Path | None = None, progr
             return True
 
         def record(self) -> None:
-            r = evaluate_policy(policy, scenario, episodes=config.eval_episodes, seed=config.seed)
+            r = evaluate_policy(policy, scenario, held_out)
+            cell = evaluate_policy(policy, scenario, 1)
             elapsed = time.perf_counter() - start
             train_reward = float(np.mean(self.rewards)) if self.rewards else float("nan")
             self.rewards = []
-            curve.append(CurvePoint(self.num_timesteps, r.reward, train_reward, elapsed))
+            interval = r.intervals["reward"] if r.intervals else None
+            curve.append(CurvePoint(self.num_timesteps, r.reward, interval.low if interval else float("nan"),
+                                    interval.high if interval else float("nan"), cell.reward, train_reward, elapsed))
             if out is not None:
                 with open(out / "eval.csv", "a") as f:
-                    f.write(f"{self.num_timesteps},{elapsed:.2f},{r.reward:.5f},{r.latency_per_task_s:.5f},{r.energy_per_task_j:.5f},{r.task_latency_mean_s:.4f},{r.finished_tasks}\n")
+                    f.write(",".join(str(v) for v in eval_csv_row(self.num_timesteps, elapsed, r, cell)) + "\n")
 
     callback = Evaluate()
     model.learn(total_timesteps=config.total_steps, callback=callback, progress_bar=progress)
@@ -222,7 +259,9 @@ def train_sb3_ppo(config: Sb3PpoConfig, out_dir: str | Path | None = None, progr
     policy_path = None
     if out is not None:
         policy_path = policy.save(out / "policy")
-        plot_learning_curve({"sb3-ppo": [[(p.step, p.eval_reward) for p in curve]]}, out / "learning_curve.png", title=f"SB3 PPO on {scenario.name}")
+        plot_learning_curve({"sb3-ppo": [[(p.step, p.eval_reward) for p in curve]]}, out / "learning_curve.png",
+                            title=f"SB3 PPO on {scenario.name}: mean of {config.eval_episodes} held-out episodes",
+                            bands={"sb3-ppo": [[(p.step, p.eval_low, p.eval_high) for p in curve]]})
     final = curve[-1].eval_reward
     best = max(p.eval_reward for p in curve)
     return TrainResult(policy_path, int(model.num_timesteps), wall_s, model.num_timesteps / wall_s, curve, final, best, None, time.process_time() - cpu_start)

@@ -7,6 +7,7 @@ Observations are global states (E, N * F); actions are `JointAction`s of (E, N) 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -37,9 +38,18 @@ class BatchStep:
 class BatchedEnv:
     """``num_envs`` environments of one scenario over one `Simulator`."""
 
-    def __init__(self, scenario: Scenario | str, num_envs: int, mode: Mode = "train", seed: int = 0) -> None:
+    def __init__(
+        self,
+        scenario: Scenario | str,
+        num_envs: int,
+        mode: Mode = "train",
+        seed: int | Sequence[int] = 0,
+        episode_keys: Sequence[int | Sequence[int]] | None = None,
+        max_slots: int | None = None,
+    ) -> None:
+        """See `Simulator` for ``mode``, ``seed``, ``episode_keys`` and ``max_slots``."""
         self.scenario = load_scenario(scenario)
-        self.sim = Simulator(self.scenario, num_envs=num_envs, mode=mode, seed=seed)
+        self.sim = Simulator(self.scenario, num_envs=num_envs, mode=mode, seed=seed, episode_keys=episode_keys, max_slots=max_slots)
         self.num_envs = num_envs
         self.num_devices = self.sim.num_devices
         self.num_points = self.sim.num_points

@@ -13,8 +13,10 @@ exactly when an upload or a tail starts or stops. A decision sets each device's 
 once and its split point and sub-channel for its *next* task. Every device's first task starts at
 reset, before any decision, at the scenario's ``initial_point``.
 
-One environment is ``num_envs=1``; the batched view uses the same core with many. The core imports
-no torch.
+One environment is ``num_envs=1``; the batched view uses the same core with many. An
+environment's arithmetic never reads another's, so with per-episode random streams
+(``episode_keys``, see `coinfer.rl.sim.streams`) an episode's trajectory does not depend on the
+batch it runs in. The core imports no torch.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from coinfer.rl.sim.arrivals import make_arrivals
 from coinfer.rl.sim.channel import make_channel, uplink_rates_bps
 from coinfer.rl.sim.metrics import EpisodeMetrics, episode_metrics
 from coinfer.rl.sim.server import make_server
-from coinfer.rl.sim.streams import RandomStreams, Seed
+from coinfer.rl.sim.streams import EpisodeStreams, SharedStreams
 
 # Stages of a task, in order, then the two states between tasks.
 HEAD, UPLOAD, SERVER, DOWNLOAD, DONE, IDLE = 0, 1, 2, 3, 4, 5
@@ -107,27 +109,57 @@ def local_from_global(global_state: np.ndarray, num_devices: int) -> np.ndarray:
     return np.concatenate([f, others], axis=-1)
 
 
+def _streams(seed, episode_keys, num_envs: int) -> SharedStreams | EpisodeStreams:
+    if episode_keys is not None:
+        return EpisodeStreams(episode_keys, num_envs)
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return SharedStreams(int(seed))
+    try:
+        seeds = [int(s) for s in seed]
+    except (TypeError, ValueError):
+        raise InvalidInput(f"a simulator seed is an integer or one integer per environment, got {seed!r}") from None
+    return EpisodeStreams(seeds, num_envs, replay=False)
+
+
 class Simulator:
     """State and dynamics of ``num_envs`` environments of one scenario."""
 
-    def __init__(self, scenario: Scenario, num_envs: int = 1, mode: Mode = "train", seed: Seed = 0) -> None:
-        """``seed``: one root seed for every environment, or one seed per environment (see `RandomStreams`)."""
+    def __init__(
+        self,
+        scenario: Scenario,
+        num_envs: int = 1,
+        mode: Mode = "train",
+        seed: int | Sequence[int] = 0,
+        episode_keys: Sequence[int | Sequence[int]] | None = None,
+        max_slots: int | None = None,
+    ) -> None:
+        """``mode`` 'train' draws distances and task counts per episode, 'eval' fixes them (the
+        scenario's evaluation cell). Randomness comes from streams shared by every environment,
+        rooted at ``seed``; with one seed per environment, from streams of each environment's own
+        that run on across its episodes (a gymnasium vector environment's seeding); or, with
+        ``episode_keys`` (one per environment), from streams of each episode's own. ``max_slots`` overrides the slot limit (default: the training episode
+        length in 'train' mode, the evaluation cap in 'eval' mode).
+        """
         if num_envs < 1:
             raise InvalidInput(f"num_envs must be >= 1, got {num_envs}")
         if mode not in ("train", "eval"):
             raise InvalidInput(f"mode must be 'train' or 'eval', got {mode!r}")
+        if max_slots is not None and max_slots < 1:
+            raise InvalidInput(f"max_slots must be >= 1, got {max_slots}")
         self.scenario, self.num_envs, self.mode = scenario, num_envs, mode
         E, N, K, P = num_envs, scenario.num_devices, scenario.num_subchannels, scenario.num_points
         self.num_devices, self.num_subchannels, self.num_points = N, K, P
         self.slot_s = scenario.episode.slot_s
-        self.max_slots = scenario.evaluation.max_slots if mode == "eval" else scenario.episode.max_slots
+        if max_slots is None:
+            max_slots = scenario.evaluation.max_slots if mode == "eval" else scenario.episode.max_slots
+        self.max_slots = max_slots
 
         # Pluggable pieces.
         self.channel = make_channel(scenario.network)
         self.arrivals = make_arrivals(scenario.tasks, scenario.evaluation.tasks_per_device)
         self.server = make_server(scenario.server, scenario.devices)
         self._stream = scenario.tasks.arrivals != "batch"
-        self._streams = RandomStreams(seed, num_envs)
+        self._streams = _streams(seed, episode_keys, num_envs)
 
         # Per-device constants.
         devices = scenario.devices
@@ -197,16 +229,18 @@ class Simulator:
         idx = np.arange(self.num_envs) if envs is None else np.asarray(envs, dtype=np.int64)
         if idx.size == 0:
             return
-        k, N = idx.size, self.num_devices
-        rng_distance, rng_tasks, rng_fading = self._streams.for_envs(idx)
+        N, streams = self.num_devices, self._streams
+        streams.restart(idx)
         if self.mode == "train":
-            distance = rng_distance.uniform(self._distance_low_m, self._distance_high_m, size=(k, N))
-            counts, arrival = self.arrivals.draw(rng_tasks, (k, N), None)
+            low, high = self._distance_low_m, self._distance_high_m
+            distance = streams.draw("distance", idx, lambda rng, rows: rng.uniform(low, high, size=(rows.size, N)))
+            fixed_count = None
         else:
-            distance = np.broadcast_to(self._eval_distance_m, (k, N)).copy()
-            counts, arrival = self.arrivals.draw(rng_tasks, (k, N), self.scenario.evaluation.tasks_per_device)
+            distance = np.broadcast_to(self._eval_distance_m, (idx.size, N)).copy()
+            fixed_count = self.scenario.evaluation.tasks_per_device
+        counts, arrival = streams.draw("tasks", idx, lambda rng, rows: self.arrivals.draw(rng, (rows.size, N), fixed_count))
         self.distance_m[idx] = distance
-        self.gain[idx] = self.channel.gains(distance, rng_fading)
+        self.gain[idx] = streams.draw("fading", idx, lambda rng, rows: self.channel.gains(distance[rows], rng))
         self._download_bps[idx] = self.server.download_rate_bps(distance ** (-self.scenario.network.path_loss_exponent), self.scenario.network.noise_w)
         self.num_tasks[idx] = counts
         self.arrival_s[idx] = arrival
@@ -222,9 +256,9 @@ class Simulator:
         self.now_s[idx] = 0.0
         self.slot[idx] = 0
         self.episode_reward[idx] = 0.0
-        mask = np.zeros((self.num_envs, N), dtype=bool)
-        mask[idx] = True
-        self._start_tasks(mask)
+        e, n = np.repeat(idx, N), np.tile(self._device_index, idx.size)
+        self._start_tasks(e, n)
+        self._channel_changed()  # the new episodes' gains and powers
         self._update_phase_rates()
 
     # -----------------------------------------------------------------------------------------
@@ -290,17 +324,23 @@ class Simulator:
         self.slot_energy_j[:] = 0.0
         self.slot_finished[:] = 0
         if self.channel.redraw_each_slot:
-            self.gain[:] = self.channel.gains(self.distance_m, self._streams.for_envs(np.arange(self.num_envs))[2])
+            distance = self.distance_m
+            self.gain[:] = self._streams.draw("fading", np.arange(self.num_envs), lambda rng, rows: self.channel.gains(distance[rows], rng))
         self._channel_changed()  # new powers (and gains) apply at once
         self._update_phase_rates()
 
     def _run_until_slot_end(self) -> None:
-        """Jump from event to event until the slot ends in every environment."""
+        """Jump from event to event until the slot ends in every environment.
+
+        An environment whose slot has ended waits, untouched, for the others: its trajectory is
+        the one it would have alone.
+        """
         net = self.scenario.network
         left_s = np.full(self.num_envs, self.slot_s)
         channel_slots = self.num_envs * self.num_subchannels  # one bincount bin per (environment, sub-channel)
         with np.errstate(divide="ignore", invalid="ignore"):
             while True:
+                waiting = left_s <= TIME_TOL_S
                 up = self.phase == UPLOAD
                 rate = uplink_rates_bps(self._received_w, up, self._channel_slot, channel_slots, net.subchannel_bandwidth_hz, net.noise_w)
                 speed = np.where(up, rate, self._speed)
@@ -308,13 +348,13 @@ class Simulator:
                     serving = self.phase == SERVER
                     speed = np.where(serving, 1.0 / np.maximum(serving.sum(axis=1, keepdims=True), 1), speed)
                 ttl_s = self.work / speed
-                dt = np.maximum(np.minimum(ttl_s.min(axis=1), left_s), 0.0)
+                dt = np.where(waiting, 0.0, np.maximum(np.minimum(ttl_s.min(axis=1), left_s), 0.0))
                 dt_col = dt[:, None]
                 self.slot_energy_j += self._power_now_w * dt_col
                 self.work -= speed * dt_col
                 self.now_s += dt
                 left_s -= dt
-                ended = ttl_s <= dt_col + TIME_TOL_S
+                ended = (ttl_s <= dt_col + TIME_TOL_S) & ~waiting[:, None]
                 if ended.any():
                     self._end_stages(ended)
                 if left_s.max() <= TIME_TOL_S:
@@ -330,59 +370,80 @@ class Simulator:
     # Events
 
     def _end_stages(self, ended: np.ndarray) -> None:
-        """The current stage ended for the devices in ``ended`` (or, when idle, a task arrived)."""
-        running = ended & (self.phase < DONE) if self._stream else ended  # only streams wake idle devices
-        self.phase = np.where(running, self._following_stage[self._ni, self.point, self.phase + 1], self.phase)
-        self.work = np.where(running, self.stage_work[self._ei, self._ni, np.minimum(self.phase, NUM_STAGES - 1)], self.work)
-        done = self.phase == DONE
+        """The current stage ended for the devices in ``ended`` (or, when idle, a task arrived).
+
+        Events touch few devices: everything below updates those devices' entries only.
+        """
+        e, n = np.nonzero(ended)
+        if self._stream:  # only streams wake idle devices
+            running = self.phase[e, n] < DONE
+            er, nr = e[running], n[running]
+        else:
+            er, nr = e, n
+        phase = self._following_stage[nr, self.point[er, nr], self.phase[er, nr] + 1]
+        self.phase[er, nr] = phase
+        self.work[er, nr] = self.stage_work[er, nr, np.minimum(phase, NUM_STAGES - 1)]
+        done = phase == DONE
         if done.any():
-            self._finish_tasks(done)
-        restart = done | (ended & (self.phase == IDLE)) if self._stream else done
-        if restart.any():
-            self._start_tasks(restart)
-        self._update_phase_rates()
+            self._finish_tasks(er[done], nr[done])
+        if self._stream:
+            idle = self.phase[e, n] == IDLE
+            es, ns = np.concatenate([er[done], e[idle]]), np.concatenate([nr[done], n[idle]])
+        else:
+            es, ns = er[done], nr[done]
+        if es.size:
+            self._start_tasks(es, ns)
+        self._refresh_rates(e, n)
 
     def _update_phase_rates(self) -> None:
-        """Device power and the speed of every stage but the upload and the shared tail."""
+        """Device power and the speed of every stage but the upload and the shared tail (all devices)."""
         receive_w = self.scenario.server.receive_power_w
         self._power_now_w = np.choose(self.phase, (self._head_power_w, self.power_w, 0.0, receive_w, 0.0, 0.0))
         if self.server.enabled:
             self._speed = np.where(self.phase == DOWNLOAD, self._download_bps, 1.0)
 
-    def _finish_tasks(self, mask: np.ndarray) -> None:
-        e, n = np.nonzero(mask)
-        self.completion_s[e, n, self.finished[e, n]] = self.now_s[e]
-        self.finished += mask
-        self.slot_finished += mask
+    def _refresh_rates(self, e: np.ndarray, n: np.ndarray) -> None:
+        """`_update_phase_rates` for the devices (e, n) only."""
+        phase = self.phase[e, n]
+        receive_w = self.scenario.server.receive_power_w
+        self._power_now_w[e, n] = np.choose(phase, (self._head_power_w[e, n], self.power_w[e, n], 0.0, receive_w, 0.0, 0.0))
+        if self.server.enabled:
+            self._speed[e, n] = np.where(phase == DOWNLOAD, self._download_bps[e, n], 1.0)
 
-    def _start_tasks(self, mask: np.ndarray) -> None:
-        """Devices in ``mask`` take their next task if it has arrived, else wait idle for it."""
-        more = self.started < self.num_tasks
+    def _finish_tasks(self, e: np.ndarray, n: np.ndarray) -> None:
+        self.completion_s[e, n, self.finished[e, n]] = self.now_s[e]
+        self.finished[e, n] += 1
+        self.slot_finished[e, n] += 1
+
+    def _start_tasks(self, e: np.ndarray, n: np.ndarray) -> None:
+        """Devices (e, n) take their next task if it has arrived, else wait idle for it."""
+        more = self.started[e, n] < self.num_tasks[e, n]
         if self._stream:
             capacity = self.arrival_s.shape[2]
-            next_arrival = np.where(more, self.arrival_s[self._ei, self._ni, np.minimum(self.started, capacity - 1)], np.inf)
-            start = mask & (next_arrival <= self.now_s[:, None] + TIME_TOL_S)
-            wait = mask & ~start
-            self.work = np.where(wait, next_arrival - self.now_s[:, None], self.work)
+            next_arrival = np.where(more, self.arrival_s[e, n, np.minimum(self.started[e, n], capacity - 1)], np.inf)
+            start = next_arrival <= self.now_s[e] + TIME_TOL_S
+            wait = ~start
+            self.work[e[wait], n[wait]] = next_arrival[wait] - self.now_s[e[wait]]
         else:
-            start = mask & more
-            wait = mask & ~more
-            self.work = np.where(wait, np.inf, self.work)
-        self.phase = np.where(wait, IDLE, self.phase)
+            start = more
+            wait = ~more
+            self.work[e[wait], n[wait]] = np.inf
+        self.phase[e[wait], n[wait]] = IDLE
         if start.any():
-            point = self.next_point
-            task = self._task_table[self._device_index, point]  # (E, N, 7): stages, head power, first stage and its work
-            self._task = np.where(start[..., None], task, self._task)
-            self.stage_work, self._head_power_w = self._task[..., :NUM_STAGES], self._task[..., 4]
-            self.point = np.where(start, point, self.point)
-            self.channel_index = np.where(start, self.next_channel, self.channel_index)
-            self._channel_changed()
-            self.started += start
-            self.phase = np.where(start, self._following_stage[self._ni, point, 0], self.phase)
-            self.work = np.where(start, self._task[..., 6], self.work)
+            e, n = e[start], n[start]
+            point = self.next_point[e, n]
+            self._task[e, n] = self._task_table[n, point]  # stages, head power, first stage and its work
+            self.point[e, n] = point
+            channel = self.next_channel[e, n]
+            self.channel_index[e, n] = channel
+            self._channel_slot[e, n] = e * self.num_subchannels + channel
+            self._received_w[e, n] = self.power_w[e, n] * self.gain[e, n, channel]
+            self.started[e, n] += 1
+            self.phase[e, n] = self._following_stage[n, point, 0]
+            self.work[e, n] = self._task[e, n, 6]
 
     def _channel_changed(self) -> None:
-        """Refresh what depends on the current sub-channels, gains and powers."""
+        """Refresh what depends on the current sub-channels, gains and powers (all devices)."""
         self._channel_slot = self._ei * self.num_subchannels + self.channel_index
         self._received_w = self.power_w * self.gain[self._ei, self._ni, self.channel_index]
 

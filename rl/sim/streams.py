@@ -1,82 +1,73 @@
-"""The simulator's random draws: one stream shared by every environment, or one per environment.
+"""The random streams of the simulator's environments: shared by all, or one set per episode or environment.
 
-Three generators feed the core (distances, task counts and arrivals, fading), spawned from one
-seed. With one integer seed every environment draws from the same three generators, in the
-order environments reset (the batched simulator's own seeding, which the trainers use). With one
-seed per environment, environment e draws from its own three generators, spawned exactly as a
-one-environment simulator spawns them from that seed: environment e of the batch then follows
-the same trajectory as a single environment seeded with ``seeds[e]``, whatever the others do
-(what a gymnasium vector environment promises).
+Every environment draws three kinds of randomness: its distances, its tasks (counts and
+arrival times) and its channel fading. Training draws each kind for the whole batch from one
+generator (`SharedStreams`: one numpy call per reset or slot), so an episode depends on which
+environments reset with it. Evaluation needs episodes that exist on their own:
+`EpisodeStreams` gives every environment generators of its own, derived from its episode's key,
+so an episode is the same whatever batch it runs in, and resetting an environment replays it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
 from coinfer.core.errors import InvalidInput
 
-Seed = int | Sequence[int]
-"""One root seed for every environment, or one seed per environment."""
+KINDS = ("distance", "tasks", "fading")
+"""The kinds of randomness, in the order their generators are spawned from a seed."""
 
-_STREAMS = 3
-"""Generators per seed: distance, tasks, fading (the order the core spawns them in)."""
-
-
-def _spawn(seed: int) -> tuple[np.random.Generator, ...]:
-    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(_STREAMS))
+T = TypeVar("T", np.ndarray, tuple)
+Draw = Callable[[np.random.Generator, np.ndarray], T]
+"""``draw(rng, rows)``: values for ``rows`` (positions in the environments being drawn for), leading axis len(rows)."""
 
 
-class _RowDraws:
-    """A Generator-like view over one generator per row: row r of a draw comes from ``generators[r]``.
+def _spawn(entropy: int | Sequence[int]) -> dict[str, np.random.Generator]:
+    return dict(zip(KINDS, (np.random.default_rng(s) for s in np.random.SeedSequence(entropy).spawn(len(KINDS)))))
 
-    The core draws arrays whose first axis runs over the environments being drawn for; each row is
-    drawn alone with the row's shape, which is what a one-environment simulator draws.
+
+class SharedStreams:
+    """One generator per kind for every environment, from one root seed (training)."""
+
+    def __init__(self, seed: int) -> None:
+        self._rngs = _spawn(seed)
+
+    def restart(self, envs: np.ndarray) -> None:
+        """Nothing to restart: a new episode continues the shared streams."""
+
+    def draw(self, kind: str, envs: np.ndarray, draw: Draw) -> T:
+        return draw(self._rngs[kind], np.arange(len(envs)))
+
+
+class EpisodeStreams:
+    """Generators of their own for every environment, from its key.
+
+    ``keys[e]`` is the entropy of environment e (an integer or a sequence of them, as numpy's
+    ``SeedSequence`` takes it). With ``replay`` (evaluation) the key is an episode's: a reset
+    starts the same episode again, and environments with equal keys draw equal episodes. Without
+    it the key is a seed whose streams run on across episodes: environment e then follows exactly
+    the trajectory of a one-environment simulator seeded with ``keys[e]``, whatever the others do
+    (what a gymnasium vector environment promises).
     """
 
-    def __init__(self, generators: list[np.random.Generator]) -> None:
-        self._generators = generators
+    def __init__(self, keys: Sequence[int | Sequence[int]], num_envs: int, replay: bool = True) -> None:
+        if len(keys) != num_envs:
+            raise InvalidInput(f"one key (seed) per environment is needed ({num_envs}), got {len(keys)}")
+        self.keys = [tuple(k) if isinstance(k, (tuple, list)) else int(k) for k in keys]
+        self.replay = replay
+        self._rngs: list[dict[str, np.random.Generator]] = [_spawn(k) for k in self.keys]
 
-    def _rows(self, method: str, size: tuple[int, ...], *args: object) -> np.ndarray:
-        if not size or size[0] != len(self._generators):
-            raise InvalidInput(f"a per-environment draw needs a leading axis of {len(self._generators)}, got shape {size}")
-        return np.stack([getattr(g, method)(*args, size=size[1:]) for g in self._generators])
-
-    def uniform(self, low, high, size: tuple[int, ...]) -> np.ndarray:
-        return self._rows("uniform", size, low, high)
-
-    def poisson(self, lam, size: tuple[int, ...]) -> np.ndarray:
-        return self._rows("poisson", size, lam)
-
-    def exponential(self, scale, size: tuple[int, ...]) -> np.ndarray:
-        return self._rows("exponential", size, scale)
-
-
-class RandomStreams:
-    """The (distance, tasks, fading) generators of ``num_envs`` environments."""
-
-    def __init__(self, seed: Seed, num_envs: int) -> None:
-        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            self._shared: tuple[np.random.Generator, ...] | None = _spawn(int(seed))
-            self._per_env: list[tuple[np.random.Generator, ...]] = []
+    def restart(self, envs: np.ndarray) -> None:
+        """With ``replay``, environments that reset start their episode's streams again (the same episode)."""
+        if not self.replay:
             return
-        try:
-            seeds = [int(s) for s in seed]  # type: ignore[union-attr]
-        except (TypeError, ValueError):
-            raise InvalidInput(f"a simulator seed is an integer or one integer per environment, got {seed!r}") from None
-        if len(seeds) != num_envs:
-            raise InvalidInput(f"{len(seeds)} seeds for {num_envs} environments")
-        self._shared = None
-        self._per_env = [_spawn(s) for s in seeds]
+        for e in envs:
+            self._rngs[int(e)] = _spawn(self.keys[int(e)])
 
-    @property
-    def per_env(self) -> bool:
-        """Whether every environment draws from its own generators."""
-        return self._shared is None
-
-    def for_envs(self, envs: np.ndarray) -> tuple[np.random.Generator | _RowDraws, ...]:
-        """The (distance, tasks, fading) generators to draw arrays whose rows are ``envs``."""
-        if self._shared is not None:
-            return self._shared
-        return tuple(_RowDraws([self._per_env[int(e)][i] for e in envs]) for i in range(_STREAMS))
+    def draw(self, kind: str, envs: np.ndarray, draw: Draw) -> T:
+        parts = [draw(self._rngs[int(e)][kind], np.array([j])) for j, e in enumerate(envs)]
+        if isinstance(parts[0], tuple):
+            return tuple(np.concatenate(column) for column in zip(*parts))  # type: ignore[return-value]
+        return np.concatenate(parts)

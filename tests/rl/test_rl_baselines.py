@@ -7,10 +7,11 @@ import pytest
 
 from coinfer.core.errors import InvalidInput
 from coinfer.rl.baselines import GreedyPolicy
+from coinfer.rl.episodes import EpisodeSet
 from coinfer.rl.evaluation import evaluate_policy
 from coinfer.rl.policy import Policy, load_policy, make_policy
 from coinfer.rl.scenario import load_scenario
-from coinfer.rl.search import coordinate_search, evaluate_fixed_actions
+from coinfer.rl.search import coordinate_search, evaluate_fixed_actions, search_oracle, tuning_episodes
 from coinfer.rl.sim.core import Simulator
 
 
@@ -32,6 +33,15 @@ def test_random_baseline_is_seeded_and_in_range(tiny):
     assert np.array_equal(a.points, b.points) and np.array_equal(a.powers_w, b.powers_w)
     assert set(np.unique(a.points)) == set(range(6)) and set(np.unique(a.channels)) == {0, 1}
     assert ((a.powers_w >= 1e-10) & (a.powers_w <= 1.0)).all()
+
+
+def test_random_baseline_draws_each_row_from_its_generator(tiny):
+    policy = make_policy("random", tiny)
+    rngs = lambda: [np.random.default_rng(s) for s in (7, 8, 9)]  # noqa: E731
+    three = policy.act(np.zeros((3, 12)), rngs=rngs())
+    alone = policy.act(np.zeros(12), rngs=[np.random.default_rng(8)])
+    assert np.array_equal(three.points[1], alone.points) and np.array_equal(three.powers_w[1], alone.powers_w)
+    assert not np.array_equal(three.powers_w[0], three.powers_w[1])
 
 
 def _with_noise(tiny_toml, tmp_path, noise_w: str):
@@ -57,18 +67,35 @@ def test_greedy_reads_each_environments_distance(tiny):
 
 
 def test_search_is_at_least_as_good_as_its_starts(tiny):
-    result = coordinate_search(tiny, power_levels=4, starts=3, max_rounds=3)
+    cell = EpisodeSet.of(tiny, 1, cell="evaluation")
+    result = coordinate_search(tiny, cell, power_levels=4, starts=3, max_rounds=3)
     local = evaluate_policy(make_policy("local", tiny), tiny).reward
     greedy = evaluate_policy(make_policy("greedy", tiny, power_levels=4), tiny).reward
     assert result.reward >= max(local, greedy) - 1e-9
-    fixed = make_policy("search", tiny, power_levels=4, starts=3, max_rounds=3)
+    fixed = make_policy("search", tiny, power_levels=4, starts=3, max_rounds=3, tuning=cell)
     assert evaluate_policy(fixed, tiny).reward == pytest.approx(result.reward)
+
+
+def test_search_is_tuned_on_tuning_episodes_and_the_oracle_on_each_held_out_one(tiny):
+    tuning = tuning_episodes(tiny, 3)
+    assert tuning.role == "tuning" and tuning.cell == "random" and len(tuning) == 3
+    options = dict(power_levels=3, starts=2, max_rounds=2)
+    tuned = coordinate_search(tiny, tuning, **options)
+    assert evaluate_policy(make_policy("search", tiny, **options, tuning=tuning), tiny, tuning).reward == pytest.approx(tuned.reward)
+    held_out = EpisodeSet.of(tiny, 3)
+    oracle = search_oracle(tiny, held_out, **options)
+    for i, (action, metrics) in enumerate(oracle):  # the searches run together, each exactly as it would alone
+        alone = coordinate_search(tiny, held_out.subset([i]), **options)
+        assert np.array_equal(action.points, alone.action.points) and np.array_equal(action.powers_w, alone.action.powers_w)
+        assert metrics.reward == pytest.approx(alone.reward)
+    assert len({tuple(a.points) + tuple(a.channels) + tuple(a.powers_w) for a, _ in oracle}) > 1  # each episode its own action
 
 
 def test_search_prunes_candidates_that_fall_behind(tiny):
     N = tiny.num_devices
     points = np.array([[5] * N, [0] * N])
-    rewards = evaluate_fixed_actions(tiny, points, np.zeros((2, N), dtype=int), np.array([[0.1] * N, [1e-9] * N]), floor=-5.0)
+    cell = EpisodeSet.of(tiny, 1, cell="evaluation")
+    rewards = evaluate_fixed_actions(tiny, points, np.zeros((2, N), dtype=int), np.array([[0.1] * N, [1e-9] * N]), cell, floor=-5.0)
     assert np.isfinite(rewards[0]) and rewards[1] == -np.inf
 
 
@@ -87,6 +114,8 @@ def test_sb3_ppo_trains_saves_and_loads(tiny_toml, tmp_path):
     scenario = load_scenario(tiny_toml)
     loaded = load_policy(tmp_path / "sb3", scenario)
     assert isinstance(loaded, Sb3Policy)
-    assert evaluate_policy(loaded, scenario).reward == pytest.approx(result.final_eval_reward)
+    # the final point of the curve: the held-out mean of the training loop and the evaluation cell's episode
+    assert evaluate_policy(loaded, scenario, EpisodeSet.of(scenario, config.eval_episodes)).reward == pytest.approx(result.final_eval_reward)
+    assert evaluate_policy(loaded, scenario).reward == pytest.approx(result.curve[-1].cell_reward)
     with pytest.raises(InvalidInput, match="trained for 3 devices"):
         load_policy(tmp_path / "sb3", "mahppo-paper-resnet18")

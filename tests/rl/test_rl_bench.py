@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from coinfer.bench import rl as bench
 
 
@@ -23,6 +25,7 @@ def test_bench_speed_section_reports_the_ratio():
     assert out["speedup"] == out["batched_steps_per_s"] / out["single_steps_per_s"]
 
 
+@pytest.mark.slow
 def test_training_time_section_times_one_run_alone_with_two_threads_and_reuses_it(tmp_path, monkeypatch):
     import torch
 
@@ -38,27 +41,62 @@ def test_training_time_section_times_one_run_alone_with_two_threads_and_reuses_i
     assert out["scenario"] == "dense" and out["steps"] >= 256 and out["wall_s"] > 0
     assert out["minutes_per_500k_steps"] == out["wall_s"] * 500_000 / out["steps"] / 60
     assert targets.rows[-1]["met"] == (out["minutes_per_500k_steps"] <= 15)
-    assert (tmp_path / "timing" / "dense" / "result.json").exists()
+    assert len(list((tmp_path / "timing").glob("dense-*/result.json"))) == 1
     again = bench.bench_training_time(budget, tmp_path, bench.Targets())  # cached: same figures, no training
     assert again["wall_s"] == out["wall_s"]
 
 
+def test_the_protocol_is_the_one_documented():
+    p = bench.PROTOCOL
+    assert p.held_out_episodes >= 64 and p.tuning_episodes >= 1 and p.sampled_cell_episodes == 20
+    assert p.scenarios == ("mahppo-paper-resnet18", "edge-server", "dense", "heterogeneous")
+    assert p.seeds_for("edge-server", bench.SEEDS) == (0, 1, 2, 3, 4) and p.seeds_for("dense", bench.SEEDS) == (0, 1, 2)
+    assert p.metric == "reward"
+    from coinfer.rl.scenario import load_scenario
+
+    sets = bench.episode_sets(load_scenario("edge-server"), p)
+    assert not set(sets.held_out.seeds) & set(sets.tuning.seeds)  # search is never tuned on an evaluation episode
+    assert sets.cell.cell == "evaluation" and len(sets.cell) == 1 and sets.held_out.cell == "random"
+
+
+def test_runs_are_named_by_what_they_learn_from(tmp_path):
+    from coinfer.rl.mahppo import MahppoConfig
+
+    defaults = bench._run_dir(tmp_path, "dense", "mahppo", 0, 500_000)
+    explicit = {k: getattr(MahppoConfig(), k) for k in ("num_envs", "rollout_steps", "anneal_lr", "max_grad_norm", "power_scale")}
+    assert bench._run_dir(tmp_path, "dense", "mahppo", 0, 500_000, explicit) == defaults  # a variant equal to the defaults shares their runs
+    assert bench._run_dir(tmp_path, "dense", "mahppo", 0, 500_000, {"eval_every_steps": 5}) == defaults
+    assert bench._run_dir(tmp_path, "dense", "mahppo", 0, 500_000, {"anneal_lr": not explicit["anneal_lr"]}) != defaults
+    assert bench._run_dir(tmp_path, "dense", "mahppo", 1, 500_000) != defaults
+    tags = [bench._config_tag("mahppo", bench.PAPER_SCENARIO, 1, v) for v in bench.ABLATIONS.values()]
+    assert len(set(tags)) == len(tags)  # every ablation changes something
+
+
+def test_previous_defaults_are_what_mahppo_had_before():
+    from coinfer.rl.mahppo import MahppoConfig
+
+    previous = MahppoConfig(**bench.PREVIOUS_DEFAULTS)
+    assert (previous.num_envs, previous.rollout_steps, previous.anneal_lr, previous.max_grad_norm) == (128, 4096, True, 0.5)
+    assert (previous.advantage_normalization, previous.power_scale, previous.update_epochs) == ("minibatch", "log", 20)
+
+
 def test_planned_runs_cover_every_training_once_seed_by_seed(tmp_path):
-    plan = bench.planned_runs(bench.FULL, tmp_path, {"mahppo": (0, 1), "sb3-ppo": (0,)})
-    kinds = [(r.algo, r.scenario, r.seed, r.overrides) for r in plan]
-    assert len(kinds) == len(set(kinds)) == len({r.out for r in plan})
-    assert [r.algo for r in plan[:3]] == ["baselines"] * 3
-    schedulers = [r for r in plan if r.algo != "baselines" and not r.overrides]
-    # seed 0 of both algorithms first (whole seeds finish first), then MAHPPO's seed 1
-    assert [(r.algo, r.seed) for r in schedulers] == [("mahppo", 0)] * 3 + [("sb3-ppo", 0)] * 3 + [("mahppo", 1)] * 3
-    assert all(r.steps == bench.FULL.train_steps and r.part == "schedulers" for r in schedulers)
-    # MAHPPO trained on the evaluation cell of edge-server, once per MAHPPO seed, beside the paper's protocol
-    cell = [r for r in plan if dict(r.overrides).get("train_cell") == "evaluation"]
-    assert [(r.algo, r.scenario, r.seed, r.part) for r in cell] == [("mahppo", "edge-server", s, "schedulers") for s in (0, 1)]
-    assert all(r.steps == bench.FULL.train_steps and "train_cell=evaluation" in r.label() for r in cell)
+    plan = bench.planned_runs(bench.FULL, tmp_path, {"mahppo": (0, 1, 2, 3), "sb3-ppo": (0,)})
+    assert len({r.out for r in plan}) == len(plan)
+    assert [(r.algo, r.scenario) for r in plan[:4]] == [("baselines", s) for s in bench.PROTOCOL.scenarios]
+    schedulers = [r for r in plan if r.part == "schedulers" and r.algo != "baselines"]
+    # seed 0 of both algorithms first (whole seeds finish first); dense and heterogeneous stop at seed 2
+    assert [(r.algo, r.seed) for r in schedulers[:8]] == [("mahppo", 0)] * 4 + [("sb3-ppo", 0)] * 4
+    assert {r.seed for r in schedulers if r.scenario == "dense"} == {0, 1, 2}
+    assert {r.seed for r in schedulers if r.scenario == "edge-server"} == {0, 1, 2, 3}
+    assert all(r.steps == bench.FULL.train_steps for r in schedulers)
+    ablations = [r for r in plan if r.part == "ablations"]
+    # the 'defaults' variant is already trained by the comparison; the others take the first 3 seeds each
+    assert len(ablations) == 3 * (len(bench.ABLATIONS) - 1) and {r.seed for r in ablations} == {0, 1, 2}
     sweeps = [r for r in plan if r.part == "sweeps"]
     assert len(sweeps) == len(bench.FULL.sweep_devices) + len(bench.FULL.sweep_betas)
-    assert all(r.steps == bench.FULL.sweep_steps and r.scenario == "mahppo-paper-resnet18" and r.overrides for r in sweeps)
+    only = bench.planned_runs(bench.FULL, tmp_path, {"mahppo": (0,), "sb3-ppo": (0,)}, scenarios=("edge-server",))
+    assert {r.scenario for r in only} == {"edge-server"} and {r.part for r in only} == {"schedulers"}
 
 
 def test_execute_planned_skips_what_is_done(tmp_path, monkeypatch):
@@ -77,20 +115,26 @@ def test_train_only_trains_the_asked_share(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "execute_planned", lambda plan, jobs: seen.update(plan=plan, jobs=jobs))
     bench.train_only(tmp_path, quick=True, jobs=3, only="sweeps")
     assert seen["jobs"] == 3 and seen["plan"] and all(r.scenario == "mahppo-paper-resnet18" and r.steps == bench.QUICK.sweep_steps for r in seen["plan"])
-    bench.train_only(tmp_path, quick=True, jobs=1, only="schedulers", seeds={"mahppo": (2,), "sb3-ppo": (2,)})
-    assert {(r.algo, r.seed) for r in seen["plan"]} == {("baselines", 0), ("mahppo", 2), ("sb3-ppo", 2)}
-    assert any(dict(r.overrides).get("train_cell") == "evaluation" for r in seen["plan"])  # the edge-server cell runs go with the schedulers
+    bench.train_only(tmp_path, quick=True, jobs=1, only="schedulers", seeds={"mahppo": (2,), "sb3-ppo": (2,)}, scenarios=("edge-server",))
+    assert {(r.algo, r.scenario, r.seed) for r in seen["plan"]} == {("baselines", "edge-server", 0), ("mahppo", "edge-server", 2), ("sb3-ppo", "edge-server", 2)}
+    bench.train_only(tmp_path, quick=True, jobs=1, only="ablations", seeds={"mahppo": (0,), "sb3-ppo": (0,)})
+    assert seen["plan"] and {r.part for r in seen["plan"]} == {"ablations"}
 
 
-def testparse_seedss_are_checked():
+def test_seeds_and_scenarios_are_checked():
     import argparse
 
     import pytest
 
     assert bench.parse_seeds("0, 2") == (0, 2)
-    for bad in ("", "a", "-1", "1,1"):
+    for bad in ("", "a", "-1", "1,1", "1000000"):
         with pytest.raises(argparse.ArgumentTypeError):
             bench.parse_seeds(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="held-out"):
+        bench.parse_seeds("3,1000003")
+    assert bench.parse_scenarios("dense,edge-server") == ("dense", "edge-server")
+    with pytest.raises(argparse.ArgumentTypeError):
+        bench.parse_scenarios("tiny")
 
 
 def test_coinfer_bench_hands_jobs_and_seeds_to_the_rl_part(tmp_path, monkeypatch):

@@ -9,16 +9,39 @@ from coinfer.cli import main
 EVAL_KEYS = {"latency_per_task_s", "task_latency_mean_s", "task_latency_p95_s", "energy_per_task_j", "reward", "finished_tasks"}
 
 
-def test_eval_writes_one_entry_per_policy(tiny_toml, tmp_path, capsys):
+def test_eval_writes_one_entry_per_policy_with_intervals(tiny_toml, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    code = main(["rl", "eval", "--scenario", str(tiny_toml), "--policy", "local", "--policy", "greedy", "--policy", "random", "--episodes", "2", "--out", str(out)])
+    code = main(["rl", "eval", "--scenario", str(tiny_toml), "--policy", "local", "--policy", "greedy", "--policy", "random", "--episodes", "3", "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     assert set(report) == {"local", "greedy", "random"}
     for entry in report.values():
-        assert EVAL_KEYS <= set(entry) and entry["episodes"] == 2
-    assert report["local"]["finished_tasks"] == 36
-    assert "latency/task" in capsys.readouterr().out
+        assert EVAL_KEYS <= set(entry) and entry["episodes"] == 3
+        assert entry["episode_set"]["cell"] == "random" and entry["episode_set"]["role"] == "held-out"
+        for metric in ("reward", "latency_per_task_s", "energy_per_task_j", "task_latency_mean_s", "task_latency_p95_s"):
+            low, high = entry["ci95"][metric]
+            assert low <= entry[metric] <= high
+    assert report["greedy"]["reward"] > report["local"]["reward"]
+    assert "s/task" in capsys.readouterr().out
+
+
+def test_eval_on_the_evaluation_cell_is_one_episode_without_interval(tiny_toml, tmp_path):
+    out = tmp_path / "eval.json"
+    assert main(["rl", "eval", "--scenario", str(tiny_toml), "--policy", "local", "--cell", "evaluation", "--episodes", "1", "--out", str(out)]) == 0
+    entry = json.loads(out.read_text())["local"]
+    assert entry["finished_tasks"] == 36 and entry["ci95"] is None
+
+
+def test_eval_refuses_too_few_episodes_and_a_set_of_another_scenario(tiny_toml, tmp_path, capsys):
+    assert main(["rl", "eval", "--scenario", str(tiny_toml), "--policy", "local", "--episodes", "1", "--out", str(tmp_path / "e.json")]) == 2
+    assert "--episodes" in capsys.readouterr().err
+    from coinfer.rl.episodes import EpisodeSet
+    from coinfer.rl.scenario import load_scenario
+
+    other = tmp_path / "set.json"
+    other.write_text(json.dumps(EpisodeSet.of(load_scenario("dense"), 4).to_dict()))
+    assert main(["rl", "eval", "--scenario", str(tiny_toml), "--policy", "local", "--episode-set", str(other), "--out", str(tmp_path / "e.json")]) == 2
+    assert "episode set field 'scenario'" in capsys.readouterr().err
 
 
 def test_train_then_eval_the_trained_policy(tiny_toml, tmp_path):
