@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from gymnasium.envs.registration import register, registry
 
+from coinfer.core.errors import InvalidInput
+
 if TYPE_CHECKING:
     import gymnasium
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from coinfer.rl.envs.sb3_vec_env import OffloadingSb3VecEnv
     from coinfer.rl.envs.spaces import ActionFormat
     from coinfer.rl.envs.vector import OffloadingVectorEnv
+    from coinfer.rl.episodes import EpisodeSet
     from coinfer.rl.evaluation import EvalResult
     from coinfer.rl.mahppo import MahppoConfig, train_mahppo
     from coinfer.rl.policy import Policy
@@ -126,15 +129,20 @@ def evaluate(
     policy: Policy | str | Path,
     scenario: Scenario | str = DEFAULT_SCENARIO,
     *,
-    episodes: int = 1,
+    episodes: int | EpisodeSet = 64,
+    cell: str = "random",
     seed: int = 0,
     deterministic: bool = True,
 ) -> EvalResult:
-    """Run ``policy`` for ``episodes`` evaluation episodes of ``scenario`` and average the metrics.
+    """Run ``policy`` on ``episodes`` of ``scenario``: means with 95% intervals, as ``coinfer rl eval``.
 
     ``policy`` is a `Policy`, a policy file or folder (MAHPPO, sb3-ppo), or a baseline name
-    (local, offload, random, greedy, search), as ``coinfer rl eval --policy`` takes it.
+    (local, offload, random, greedy, search). ``episodes`` is an `EpisodeSet`, or a count of the
+    scenario's held-out episodes (``cell="random"``, drawn like training episodes with seeds no
+    training run uses) or of its evaluation cell (``cell="evaluation"``, the paper's protocol).
+    ``seed`` seeds a baseline's own randomness; the episodes do not depend on it.
     """
+    from coinfer.rl.episodes import EpisodeSet
     from coinfer.rl.evaluation import evaluate_policy
     from coinfer.rl.policy import make_policy
     from coinfer.rl.scenario import load_scenario
@@ -142,7 +150,11 @@ def evaluate(
     scenario = load_scenario(scenario)
     if isinstance(policy, (str, Path)):
         policy = make_policy(str(policy), scenario, seed=seed)
-    return evaluate_policy(policy, scenario, episodes=episodes, seed=seed, deterministic=deterministic)
+    if not isinstance(episodes, EpisodeSet):
+        if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+            raise InvalidInput(f"episodes must be a positive count or an EpisodeSet, got {episodes!r}")
+        episodes = EpisodeSet.of(scenario, episodes, cell=cell)  # type: ignore[arg-type]
+    return evaluate_policy(policy, scenario, episodes, deterministic=deterministic)
 
 
 def __getattr__(name: str) -> Any:

@@ -54,7 +54,9 @@ class EpisodeStreams:
 
     def __init__(self, keys: Sequence[int | Sequence[int]], num_envs: int, replay: bool = True) -> None:
         if len(keys) != num_envs:
-            raise InvalidInput(f"one key (seed) per environment is needed ({num_envs}), got {len(keys)}")
+            if replay:
+                raise InvalidInput(f"episode_keys must give one key per environment ({num_envs}), got {len(keys)}")
+            raise InvalidInput(f"{len(keys)} seeds for {num_envs} environments")
         self.keys = [tuple(k) if isinstance(k, (tuple, list)) else int(k) for k in keys]
         self.replay = replay
         self._rngs: list[dict[str, np.random.Generator]] = [_spawn(k) for k in self.keys]

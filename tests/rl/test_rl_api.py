@@ -12,6 +12,7 @@ from gymnasium.wrappers import OrderEnforcing
 import coinfer.rl
 from coinfer.core.errors import InvalidInput
 from coinfer.rl.envs.parallel import OffloadingParallelEnv
+from coinfer.rl.scenario import load_scenario
 
 
 def test_importing_coinfer_rl_registers_the_id_without_loading_torch():
@@ -38,10 +39,14 @@ def test_evaluate_takes_a_baseline_by_name_or_a_policy(tiny):
     from coinfer.rl.evaluation import evaluate_policy
     from coinfer.rl.policy import make_policy
 
-    by_name = coinfer.rl.evaluate("local", tiny, episodes=2, seed=3)
-    direct = evaluate_policy(make_policy("local", tiny, seed=3), tiny, episodes=2, seed=3)
-    assert by_name.summary() == direct.summary() and by_name.episodes == 2
-    assert coinfer.rl.evaluate(make_policy("greedy", tiny), tiny).policy == "greedy"
+    from coinfer.rl.episodes import EpisodeSet
+
+    by_name = coinfer.rl.evaluate("random", tiny, episodes=3, seed=3)
+    held_out = EpisodeSet.of(load_scenario(tiny), 3)
+    direct = evaluate_policy(make_policy("random", tiny, seed=3), tiny, held_out)
+    assert by_name.summary() == direct.summary() and by_name.episodes == 3
+    cell = coinfer.rl.evaluate(make_policy("greedy", tiny), tiny, episodes=2, cell="evaluation")
+    assert cell.policy == "greedy" and cell.episodes == 2
     with pytest.raises(InvalidInput, match="episodes"):
         coinfer.rl.evaluate("local", tiny, episodes=0)
 
