@@ -21,31 +21,22 @@ from coinfer.serving import oip_service
 from coinfer.serving.metrics import MetricsServer, serve_metrics
 from coinfer.serving.oip_service import InferenceServicer
 from coinfer.serving.security import ClientSecurity
-from coinfer.serving.server import RunningServer, ServerOptions, ServiceBinding, split_host_port, start_server
+from coinfer.serving.server import DaemonHandle, RunningServer, ServerOptions, ServiceBinding, split_host_port, start_server
 
 
 @dataclass
-class EdgeServer:
+class EdgeServer(DaemonHandle):
     """A running edge daemon: its gRPC server, its logic and its metrics endpoint."""
 
     running: RunningServer
     daemon: EdgeDaemon
     metrics_server: MetricsServer | None = None
 
-    @property
-    def address(self) -> str:
-        return self.running.address
-
     def shutdown_helpers(self) -> None:
         """Stop heartbeats, the coordinator channel and the metrics endpoint."""
         self.daemon.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
-
-    def stop(self, grace_s: float | None = None) -> None:
-        self.running.set_serving(False)
-        self.shutdown_helpers()
-        self.running.stop(grace_s)
 
 
 def start_edge(config: EdgeConfig, options: ServerOptions, metrics_port: int = 0) -> EdgeServer:

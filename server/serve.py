@@ -14,7 +14,7 @@ from coinfer.serving import oip_service
 from coinfer.serving.metrics import MetricsServer, serve_metrics
 from coinfer.serving.oip_service import InferenceServicer
 from coinfer.serving.security import ClientSecurity
-from coinfer.serving.server import RunningServer, ServerOptions, ServiceBinding, split_host_port, start_server
+from coinfer.serving.server import DaemonHandle, RunningServer, ServerOptions, ServiceBinding, split_host_port, start_server
 from coinfer.server import servicer
 from coinfer.server.catalog import CoordinatorModels, ModelCatalog
 from coinfer.server.coordinator import Coordinator, CoordinatorConfig
@@ -25,17 +25,13 @@ from coinfer.server.scheduler import Scheduler, SchedulerConfig
 
 
 @dataclass
-class CoordinatorServer:
+class CoordinatorServer(DaemonHandle):
     """A running coordinator: its gRPC server, its logic, and what runs beside them."""
 
     running: RunningServer
     coordinator: Coordinator
     scheduler: Scheduler | None = None
     metrics_server: MetricsServer | None = None
-
-    @property
-    def address(self) -> str:
-        return self.running.address
 
     def shutdown_helpers(self) -> None:
         """Stop the scheduler, maintenance, edge channels and metrics (before the server drains)."""
@@ -45,11 +41,8 @@ class CoordinatorServer:
         if self.metrics_server is not None:
             self.metrics_server.stop()
 
-    def stop(self, grace_s: float | None = None) -> None:
-        self.running.set_serving(False)
-        self.shutdown_helpers()
-        self.running.stop(grace_s)
-        self.coordinator.catalog.close()  # after the drain: in-flight DeViT requests still fan out
+    def after_drain(self) -> None:
+        self.coordinator.catalog.close()  # in-flight DeViT requests still fan out during the drain
 
 
 def start_coordinator(

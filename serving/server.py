@@ -140,6 +140,34 @@ class RunningServer:
         return not self.server.wait_for_termination(timeout_s)
 
 
+class DaemonHandle:
+    """What `coinfer.serve` and `coinfer.start_edge` return: a daemon running in this process.
+
+    A subclass holds ``running`` (its gRPC server) and says in `shutdown_helpers` what else it
+    started (heartbeats, channels, metrics), which stops before the server drains.
+    """
+
+    running: RunningServer
+
+    @property
+    def address(self) -> str:
+        """The address the daemon is bound to (host:port)."""
+        return self.running.address
+
+    def shutdown_helpers(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Report not serving, stop the helpers, then drain the server for ``grace_s``."""
+        self.running.set_serving(False)
+        self.shutdown_helpers()
+        self.running.stop(grace_s)
+        self.after_drain()
+
+    def after_drain(self) -> None:
+        """What must outlive the drain (in-flight requests still use it) and close after it."""
+
+
 def start_server(bindings: Sequence[ServiceBinding], options: ServerOptions, *, serving: bool = True) -> RunningServer:
     """Start a server with ``bindings`` + health + reflection; health starts as ``serving``."""
     host, port = split_host_port(options.listen)
