@@ -265,12 +265,16 @@ def deployment_targets(main: dict, random_run: dict, hetero: dict) -> list[Targe
     return rows
 
 
-def format_table(rows: list[TargetRow]) -> str:
-    """The target table the benchmark prints: our figure beside each target and DeViT's."""
-    lines = [f"{'target':<70} {'goal':<20} {'ours':<50} {'DeViT':<45} ok"]
+def format_table(rows: list[TargetRow], headers: tuple[str, str, str, str] = ("target", "goal", "ours", "DeViT"),
+                 widths: tuple[int, int, int, int] = (70, 20, 50, 45)) -> str:
+    """The target table a DEKD benchmark prints: our figure beside each target and the anchor."""
+    def line(cells) -> str:
+        return " ".join(f"{c:<{w}}" for c, w in zip(cells, widths))
+
+    lines = [line(headers) + " ok"]
     for r in rows:
         ok = "-" if r.met is None else ("yes" if r.met else "NO")
-        lines.append(f"{r.name:<70} {r.target:<20} {r.ours_text:<50} {r.anchor:<45} {ok}")
+        lines.append(line((r.name, r.target, r.ours_text, r.anchor)) + f" {ok}")
     return "\n".join(lines)
 
 

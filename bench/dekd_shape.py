@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from coinfer.bench.dekd import TargetRow
+from coinfer.bench.dekd import format_table as dekd_table
 from coinfer.bench.processes import coinfer_command
 from coinfer.server.dekd.timm_vit import TIMM_VITS, TimmViTShape
 
@@ -558,11 +559,7 @@ def run_benchmark(out_dir: str | Path, quick: bool = False, settings: ShapeSetti
 
 def format_table(rows: list[TargetRow]) -> str:
     """The table the benchmark prints: each figure beside its goal and the anchor."""
-    lines = [f"{'figure':<90} {'goal':<12} {'ours':<78} {'anchor':<40} ok"]
-    for r in rows:
-        ok = "-" if r.met is None else ("yes" if r.met else "NO")
-        lines.append(f"{r.name:<90} {r.target:<12} {r.ours_text:<78} {r.anchor:<40} {ok}")
-    return "\n".join(lines)
+    return dekd_table(rows, ("figure", "goal", "ours", "anchor"), (90, 12, 78, 40))
 
 
 def main(argv: list[str] | None = None) -> int:
