@@ -96,7 +96,7 @@ def build_bundles(folder: Path, config: PlacementBenchConfig) -> dict[str, Path]
 
     from coinfer.core.data import load_dataset
     from coinfer.core.training import TrainConfig
-    from coinfer.server.dekd.config import preset
+    from coinfer.server.dekd.jobs import decompose_config
     from coinfer.server.dekd.pipeline import decompose, training_targets
     from coinfer.server.dekd.teacher import load_teacher, save_teacher, teacher_config, train_teacher
 
@@ -121,11 +121,9 @@ def build_bundles(folder: Path, config: PlacementBenchConfig) -> dict[str, Path]
         if _fixture_of(paths[name]) == fixture:
             continue
         started = time.perf_counter()
-        dekd = preset("quick", num_devices=4, device_speeds=speeds, baseline=False, progress=False)
-        dekd.macs_ratio = config.macs_ratio
-        # Fixed epochs replace the budget (a loop with a budget trains the budget's steps).
-        dekd.distill.loop.epochs, dekd.distill.loop.budget = config.distill_epochs, None
-        dekd.ensemble.loop.epochs, dekd.ensemble.loop.budget = config.ensemble_epochs, None
+        dekd = decompose_config(splits, "quick", devices=4, device_speeds=speeds, baseline=False, progress=False,
+                                macs_ratio=config.macs_ratio, distill_epochs=config.distill_epochs,
+                                ensemble_epochs=config.ensemble_epochs)
         targets = targets or training_targets(teacher, splits, dekd)
         torch.manual_seed(0)
         decompose(teacher, splits, dekd, out=paths[name], overwrite=True, targets=targets,

@@ -44,8 +44,6 @@ def training_device(name: str = "cpu") -> torch.device:
     Under torchrun a bare 'cuda' (or 'auto' on a GPU machine) becomes ``cuda:LOCAL_RANK`` so
     each process drives its own GPU; an explicit 'cuda:N' is kept as given.
     """
-    import torch
-
     from coinfer.core.device import resolve_device
 
     device = resolve_device(name)
