@@ -247,8 +247,9 @@ def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progre
         raise InvalidInput(f"a shared actor serves at most max_devices={config.max_devices} devices, the scenario has {N}")
     actor = HybridActor(N, F, P, K, config.actor_hidden, config.share_actor, config.max_devices, config.activation)
     critic = Critic(N * F, config.critic_hidden, config.activation)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=config.actor_lr, eps=1e-5, foreach=True)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=config.critic_lr, eps=1e-5, foreach=True)
+    # fused: one kernel per step instead of ~10 foreach passes (0.3 vs 1.0 ms a step here, 80 steps per update)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=config.actor_lr, eps=1e-5, fused=True)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=config.critic_lr, eps=1e-5, fused=True)
     low_w, high_w = env.sim.power_low_w, env.sim.power_high_w
     policy = MahppoPolicy(actor, scenario, config, name="mahppo")
     out = Path(out_dir) if out_dir is not None else None
