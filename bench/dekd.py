@@ -153,10 +153,12 @@ def teacher_recipe_for(settings: BenchSettings, splits, device: str, progress: b
                                 epochs=settings.teacher_epochs)
 
 
-def teacher_cache_key(settings: BenchSettings, data: BenchData, train) -> dict[str, Any]:
-    """What a cached teacher must have been trained with to be reused (not where: a teacher trained
-    on a GPU is reused by a CPU run)."""
-    return {"format": RUN_FORMAT, "data": asdict(data), "arch": settings.teacher_arch, "recipe": _measured_settings(asdict(train))}
+def teacher_cache_key(settings: BenchSettings, data: BenchData, train, config) -> dict[str, Any]:
+    """What a cached teacher must have been trained with to be reused: its recipe and its
+    architecture (``config``, a ViTConfig: a default such as the patch size can change under the
+    same preset name), not where it ran (a teacher trained on a GPU is reused by a CPU run)."""
+    return {"format": RUN_FORMAT, "data": asdict(data), "arch": settings.teacher_arch, "config": asdict(config),
+            "recipe": _measured_settings(asdict(train))}
 
 
 def _teacher(settings: BenchSettings, data: BenchData, splits, folder: Path, fresh: bool, progress: bool, device: str):
@@ -166,12 +168,13 @@ def _teacher(settings: BenchSettings, data: BenchData, splits, folder: Path, fre
 
     path = folder / "teacher"
     train = teacher_recipe_for(settings, splits, device, progress)
-    key = teacher_cache_key(settings, data, train)
+    config = teacher_config(settings.teacher_arch, splits.image_shape, splits.num_classes)
+    key = teacher_cache_key(settings, data, train, config)
     if path.exists() and not fresh and _key_matches(folder, {"teacher": key}):
         model, meta = load_teacher(path)
         return model, meta, 0.0
     started = time.perf_counter()
-    model, result = train_teacher(splits, teacher_config(settings.teacher_arch, splits.image_shape, splits.num_classes), train)
+    model, result = train_teacher(splits, config, train)
     seconds = time.perf_counter() - started
     meta = {
         "dataset": splits.name, "class_names": list(splits.class_names), "image_shape": list(splits.image_shape),

@@ -14,7 +14,7 @@ from coinfer.cli import build_parser, main
 from coinfer.core.models.vit import VisionTransformer
 from coinfer.bench import dekd as bench
 from coinfer.bench.dekd import QUICK, BenchData, _teacher, _write_key, teacher_cache_key, teacher_recipe_for
-from coinfer.server.dekd.teacher import load_teacher, save_teacher
+from coinfer.server.dekd.teacher import load_teacher, save_teacher, teacher_config
 
 from dekd_configs import tiny_vit_config
 
@@ -119,12 +119,20 @@ def test_bench_on_cuda_without_a_gpu_fails_first_and_writes_nothing(tmp_path, mo
     assert not (tmp_path / "b").exists() and not (tmp_path / "direct").exists()
 
 
-def test_the_teacher_cache_key_ignores_the_device_but_not_the_recipe(digits):
-    cpu = teacher_cache_key(TINY_BENCH, DIGITS, teacher_recipe_for(TINY_BENCH, digits, "cpu", False))
-    gpu = teacher_cache_key(TINY_BENCH, DIGITS, teacher_recipe_for(TINY_BENCH, digits, "cuda", True))
+def _bench_teacher_config(digits, **overrides):
+    return teacher_config(TINY_BENCH.teacher_arch, digits.image_shape, digits.num_classes, **overrides)
+
+
+def test_the_teacher_cache_key_ignores_the_device_but_not_the_recipe_or_the_architecture(digits):
+    config = _bench_teacher_config(digits)
+    cpu = teacher_cache_key(TINY_BENCH, DIGITS, teacher_recipe_for(TINY_BENCH, digits, "cpu", False), config)
+    gpu = teacher_cache_key(TINY_BENCH, DIGITS, teacher_recipe_for(TINY_BENCH, digits, "cuda", True), config)
     assert cpu == gpu and "device" not in json.dumps(cpu)
     longer = replace(TINY_BENCH, teacher_epochs=2)
-    assert teacher_cache_key(longer, DIGITS, teacher_recipe_for(longer, digits, "cpu", False)) != cpu
+    assert teacher_cache_key(longer, DIGITS, teacher_recipe_for(longer, digits, "cpu", False), config) != cpu
+    # Same preset name, another patch size (a changed default): the cached teacher is not reused.
+    other_patch = _bench_teacher_config(digits, patch_size=1 if config.patch_size != 1 else 2)
+    assert teacher_cache_key(TINY_BENCH, DIGITS, teacher_recipe_for(TINY_BENCH, digits, "cpu", False), other_patch) != cpu
 
 
 @pytest.mark.parametrize("device", ["cpu", "auto"])
@@ -132,7 +140,8 @@ def test_a_teacher_trained_on_a_gpu_is_reused_whatever_the_device(tmp_path, digi
     torch.manual_seed(0)
     cached = VisionTransformer(tiny_vit_config())
     save_teacher(cached, tmp_path / "teacher", {"dataset": digits.name, "train_device": "cuda"})
-    _write_key(tmp_path, {"teacher": teacher_cache_key(TINY_BENCH, DIGITS, teacher_recipe_for(TINY_BENCH, digits, "cuda", True))})
+    _write_key(tmp_path, {"teacher": teacher_cache_key(TINY_BENCH, DIGITS, teacher_recipe_for(TINY_BENCH, digits, "cuda", True),
+                                                       _bench_teacher_config(digits))})
     model, got, seconds = _teacher(TINY_BENCH, DIGITS, digits, tmp_path, fresh=False, progress=False, device=device)
     assert seconds == 0.0 and got["train_device"] == "cuda"
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), cached.state_dict().values()))

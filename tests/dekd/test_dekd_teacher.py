@@ -98,7 +98,10 @@ def test_compatibility_names_every_mismatch(digits):
 
 
 def test_presets_pick_a_patch_size_for_the_image():
-    assert default_patch_size(8) == 2 and default_patch_size(28) == 7 and default_patch_size(224) == 16
+    assert default_patch_size(28) == 7 and default_patch_size(224) == 16 and default_patch_size(16) == 4
+    # Below 4 px a patch carries too little: a 2 x 2 grid, or the whole image when even that is smaller.
+    assert default_patch_size(8) == 4 and default_patch_size(12) == 6 and default_patch_size(3) == 3
+    assert default_patch_size(30) == 15 and default_patch_size(1) == 1
     cfg = teacher_config("vit-tiny", (1, 28, 28), 10)
     assert (cfg.embed_dim, cfg.depth, cfg.num_tokens) == (192, 6, 17)
     with pytest.raises(Exception, match="unknown teacher arch"):
