@@ -5,7 +5,6 @@ The GPU tests run where torch sees one (bf16 autocast, no host sync inside a tra
 
 import json
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 import torch
