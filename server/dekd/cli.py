@@ -146,7 +146,7 @@ def _teacher_train(args: argparse.Namespace) -> int:
         m, r = run.metadata, run.metadata["recipe"]
         stopped = "" if r["stopped_early_at_epoch"] is None else f", stopped early after epoch {r['stopped_early_at_epoch'] + 1}"
         print(f"teacher {m['arch']} on {m['dataset']}: val {m['val_accuracy']:.4f} (epoch {m['best_epoch'] + 1}), "
-              f"test {m['test_accuracy']:.4f}, {m['params']:,} params, {m['macs']:,} MACs, trained on {m['train_device']} "
+              f"test {m['test_accuracy']:.4f}, {m['params']:,} params, {m['macs']:,} MACs, patches {m['patch']}, trained on {m['train_device']} "
               f"({r['steps']} steps; {r['why']}{stopped}) -> {args.out}")
     return 0
 

@@ -113,6 +113,7 @@ def train_teacher_job(
         "class_names": list(splits.class_names),
         "image_shape": list(splits.image_shape),
         "arch": arch,
+        "patch": teacher_module.patch_choice(splits.image_shape[1], patch_size),
         "val_accuracy": result.best_val_accuracy,
         "test_accuracy": evaluate(model, splits.test),
         "best_epoch": result.best_epoch,

@@ -64,6 +64,15 @@ def default_patch_size(image_size: int) -> int:
     return image_size
 
 
+def patch_choice(image_size: int, patch_size: int | None) -> str:
+    """Why the teacher has its patch size, for its metadata: given, or the default for the image."""
+    if patch_size:
+        return f"{patch_size} px, given"
+    p = default_patch_size(image_size)
+    rule = "16 px from 64 px" if p == 16 and image_size >= 64 else f"below 64 px, patches of at least {MIN_PATCH} px"
+    return f"{p} px ({image_size // p} x {image_size // p} patches), the default for {image_size}-px images ({rule})"
+
+
 def teacher_config(
     preset: str,
     image_shape: tuple[int, int, int],

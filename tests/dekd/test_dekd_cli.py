@@ -168,6 +168,7 @@ def test_teacher_train_and_import_commands(tmp_path, capsys):
                  "--depth", "1", "--out", str(out), "--threads", "1", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "teacher vit-nano on digits" in printed and "20 steps; 1 epochs as given" in printed
+    assert "patches 4 px (2 x 2 patches), the default for 8-px images" in printed
     from coinfer.server.dekd.teacher import load_teacher
 
     model, meta = load_teacher(out)

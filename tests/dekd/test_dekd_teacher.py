@@ -9,6 +9,7 @@ from coinfer.core.models.vit import VisionTransformer
 from coinfer.server.dekd.teacher import (
     check_compatible,
     default_patch_size,
+    patch_choice,
     import_timm_vit,
     load_teacher,
     save_teacher,
@@ -102,6 +103,7 @@ def test_presets_pick_a_patch_size_for_the_image():
     # Below 4 px a patch carries too little: a 2 x 2 grid, or the whole image when even that is smaller.
     assert default_patch_size(8) == 4 and default_patch_size(12) == 6 and default_patch_size(3) == 3
     assert default_patch_size(30) == 15 and default_patch_size(1) == 1
+    assert patch_choice(224, None).startswith("16 px (14 x 14 patches)") and patch_choice(28, 14) == "14 px, given"
     cfg = teacher_config("vit-tiny", (1, 28, 28), 10)
     assert (cfg.embed_dim, cfg.depth, cfg.num_tokens) == (192, 6, 17)
     with pytest.raises(Exception, match="unknown teacher arch"):
