@@ -69,8 +69,8 @@ def patch_choice(image_size: int, patch_size: int | None) -> str:
     if patch_size:
         return f"{patch_size} px, given"
     p = default_patch_size(image_size)
-    rule = "16 px from 64 px" if p == 16 and image_size >= 64 else f"below 64 px, patches of at least {MIN_PATCH} px"
-    return f"{p} px ({image_size // p} x {image_size // p} patches), the default for {image_size}-px images ({rule})"
+    return (f"{p} px ({image_size // p} x {image_size // p} patches), the default for {image_size}-px images "
+            f"(16 px from 64 px; else a 4 x 4 grid of patches of at least {MIN_PATCH} px, else 2 x 2)")
 
 
 def teacher_config(
