@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     from coinfer.core.device import DEVICE_CHOICES
     from coinfer.server.dekd.partition import PARTITION_METHODS
-    from coinfer.server.dekd.teacher import PRESETS
+    from coinfer.server.dekd.teacher import PATCH_RULE, PRESETS
 
     teacher = subparsers.add_parser("teacher", help="train or import the ViT teacher that DEKD decomposes")
     sub = teacher.add_subparsers(dest="teacher_command", metavar="ACTION", required=True)
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=int, default=None, help="fixed optimiser steps instead of the budget (at least one epoch's)")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, 1e-3)")
     t.add_argument("--batch-size", type=int, default=None, help="images per step over all processes (default 128)")
-    t.add_argument("--patch-size", type=int, default=None, help="ViT patch side (default: 16 from 64 px; below, image side / 4 if that is at least 4 px, else side / 2)")
+    t.add_argument("--patch-size", type=int, default=None, help=f"ViT patch side (default: {PATCH_RULE})")
     t.add_argument("--embed-dim", type=int, default=None, help="override the preset's token width")
     t.add_argument("--depth", type=int, default=None, help="override the preset's number of blocks")
     t.add_argument("--num-heads", type=int, default=None, help="override the preset's heads per block")

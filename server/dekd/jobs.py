@@ -66,8 +66,7 @@ def train_teacher_job(
         steps: a fixed number of optimiser steps instead of the budget (at least one epoch's).
         lr: peak learning rate (default: the recipe's, 1e-3).
         batch_size: images per optimiser step over all processes (default: the recipe's, 128).
-        patch_size: ViT patch side (default: 16 from 64 px; below, image side / 4 if that
-            is at least 4 px, else side / 2).
+        patch_size: ViT patch side (default: ``teacher.PATCH_RULE``).
         embed_dim, depth, num_heads: override the preset's token width, blocks, heads per block.
         drop_path: stochastic depth rate.
         hflip: random left-right flips; None: where the dataset allows them (Fashion-MNIST yes,

@@ -51,6 +51,8 @@ PRESETS: dict[str, TeacherPreset] = {
 MIN_PATCH = 4
 """The smallest side a default patch has: a token of fewer pixels carries too little for its
 embedding (8-px digits, vit-tiny, default budget: 2-px patches 0.82 test accuracy, 4-px 0.92)."""
+PATCH_RULE = f"16 px from 64 px; below, a 4 x 4 grid of patches of at least {MIN_PATCH} px, else 2 x 2"
+"""default_patch_size in words, for help texts and the teacher's metadata."""
 
 
 def default_patch_size(image_size: int) -> int:
@@ -69,8 +71,7 @@ def patch_choice(image_size: int, patch_size: int | None) -> str:
     if patch_size:
         return f"{patch_size} px, given"
     p = default_patch_size(image_size)
-    return (f"{p} px ({image_size // p} x {image_size // p} patches), the default for {image_size}-px images "
-            f"(16 px from 64 px; else a 4 x 4 grid of patches of at least {MIN_PATCH} px, else 2 x 2)")
+    return f"{p} px ({image_size // p} x {image_size // p} patches), the default for {image_size}-px images ({PATCH_RULE})"
 
 
 def teacher_config(

@@ -9,9 +9,9 @@ from coinfer.core.models.vit import VisionTransformer
 from coinfer.server.dekd.teacher import (
     check_compatible,
     default_patch_size,
-    patch_choice,
     import_timm_vit,
     load_teacher,
+    patch_choice,
     save_teacher,
     teacher_config,
 )
