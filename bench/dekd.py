@@ -29,7 +29,7 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ class BenchSettings:
     """Epochs of each stage of the heterogeneous run (its figure of merit is latency)."""
     teacher_arch: str = TEACHER_ARCH
     """The teacher's size (the default of ``coinfer teacher train``; tests shrink it)."""
+    teacher_stem: str = "patch"
+    """The teacher's stem (``coinfer teacher train --stem``): ``patch`` as the CLI's default, or ``conv``."""
     teacher_epochs: int | None = None
     """Fixed teacher epochs instead of the budget (tests)."""
     stage_epochs: int | None = None
@@ -168,7 +170,7 @@ def _teacher(settings: BenchSettings, data: BenchData, splits, folder: Path, fre
 
     path = folder / "teacher"
     train = teacher_recipe_for(settings, splits, device, progress)
-    config = teacher_config(settings.teacher_arch, splits.image_shape, splits.num_classes)
+    config = teacher_config(settings.teacher_arch, splits.image_shape, splits.num_classes, stem=settings.teacher_stem)
     key = teacher_cache_key(settings, data, train, config)
     if path.exists() and not fresh and _key_matches(folder, {"teacher": key}):
         model, meta = load_teacher(path)
@@ -424,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where every stage trains (default auto: the GPU if there is one); evaluation stays on the CPU")
     parser.add_argument("--only", default=None,
                         help="comma list of datasets to run (digits, fashion-mnist-2000, -5000, -20000); default all")
+    parser.add_argument("--teacher-stem", default="patch", choices=("patch", "conv"),
+                        help="the teachers' stem (coinfer teacher train --stem; default patch); give conv its own --out")
     args = parser.parse_args(argv)
     import logging
 
@@ -437,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_device(args.device)
     except InvalidInput as exc:
         parser.error(f"--device: {exc}")
-    settings = QUICK if args.quick else FULL
+    settings = replace(QUICK if args.quick else FULL, teacher_stem=args.teacher_stem)
     only = None
     if args.only is not None:
         only = tuple(name.strip() for name in args.only.split(",") if name.strip())

@@ -42,6 +42,7 @@ def train_teacher_job(
     lr: float | None = None,
     batch_size: int | None = None,
     patch_size: int | None = None,
+    stem: str = "patch",
     embed_dim: int | None = None,
     depth: int | None = None,
     num_heads: int | None = None,
@@ -67,6 +68,8 @@ def train_teacher_job(
         lr: peak learning rate (default: the recipe's, 1e-3).
         batch_size: images per optimiser step over all processes (default: the recipe's, 128).
         patch_size: ViT patch side (default: ``teacher.PATCH_RULE``).
+        stem: "patch" (the usual ViT) or "conv", a convolutional stem before the tokens
+            (``teacher.conv_stem_channels``; docs/dekd-recipes.md has what it gains).
         embed_dim, depth, num_heads: override the preset's token width, blocks, heads per block.
         drop_path: stochastic depth rate.
         hflip: random left-right flips; None: where the dataset allows them (Fashion-MNIST yes,
@@ -91,6 +94,8 @@ def train_teacher_job(
     resolved = training_device(device)  # first of all: cuda without a GPU fails before anything is read
     world(resolved)
     _check_budget(budget)
+    if stem not in teacher_module.STEMS:
+        raise InvalidInput(f"unknown stem {stem!r}; valid: {', '.join(teacher_module.STEMS)}")
     arch = arch or TEACHER_ARCH
     _check_positive(epochs=epochs, steps=steps, batch_size=batch_size, threads=threads, patch_size=patch_size,
                     embed_dim=embed_dim, depth=depth, num_heads=num_heads)
@@ -103,7 +108,7 @@ def train_teacher_job(
     plan_steps(train, len(splits.train), world()[1], whole_epoch=True)  # a budget that cannot fit one epoch fails here
     config = teacher_module.teacher_config(
         arch, splits.image_shape, splits.num_classes, patch_size=patch_size, drop_path_rate=drop_path,
-        embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+        stem=stem, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
     )
     started = time.perf_counter()
     model, result = teacher_module.train_teacher(splits, config, train)
@@ -113,6 +118,7 @@ def train_teacher_job(
         "image_shape": list(splits.image_shape),
         "arch": arch,
         "patch": teacher_module.patch_choice(splits.image_shape[1], patch_size),
+        "stem": teacher_module.stem_choice(config),
         "val_accuracy": result.best_val_accuracy,
         "test_accuracy": evaluate(model, splits.test),
         "best_epoch": result.best_epoch,

@@ -303,7 +303,8 @@ def build_pruned_vit(
     model = VisionTransformer(plan.config(tcfg, num_classes))
     src = teacher.state_dict()
     dst = model.state_dict()  # shares storage with the model: copying into it fills the model
-    for name in ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"):
+    shared = [k for k in dst if k.startswith("patch_embed.")]  # the projection and any conv stem, whole
+    for name in ("cls_token", "pos_embed", *shared, "norm.weight", "norm.bias"):
         dst[name].copy_(src[name])
     if with_head:
         rows = list(classes) if classes is not None else list(range(tcfg.num_classes))

@@ -66,6 +66,36 @@ def default_patch_size(image_size: int) -> int:
     return image_size
 
 
+STEMS = ("patch", "conv")
+"""How a trained teacher turns pixels into tokens: ``patch``, one patch_size convolution (the
+usual ViT); ``conv``, a convolutional stem (:func:`conv_stem_channels`)."""
+STEM_WIDTH = 24
+"""Channels of a conv stem's first convolution; each next one doubles them, up to the token width."""
+
+
+def conv_stem_channels(image_size: int, patch_size: int, embed_dim: int) -> tuple[int, ...]:
+    """The ``conv`` stem's channels: as many 3 x 3 stride-2 convolutions as turn the image into the
+    patch grid, from STEM_WIDTH doubling (Xiao et al. 2021 build ViT_C's stem this way)."""
+    from coinfer.core.models.vit import stem_depth
+
+    depth = stem_depth(image_size, patch_size)
+    if depth is None:
+        raise InvalidInput(
+            f"no stack of stride-2 convolutions turns {image_size}-px images into the "
+            f"{image_size // patch_size} x {image_size // patch_size} grid of {patch_size}-px patches; "
+            "take --stem patch or another --patch-size"
+        )
+    return tuple(min(STEM_WIDTH * 2**i, embed_dim) for i in range(depth))
+
+
+def stem_choice(config) -> str:
+    """The teacher's stem in words, for its metadata."""
+    if not config.stem_channels:
+        return f"patch: one {config.patch_size} x {config.patch_size} convolution"
+    channels = ", ".join(map(str, config.stem_channels))
+    return f"conv: 3 x 3 stride-2 convolutions of {channels} channels (batch norm, ReLU), then a 1 x 1 projection"
+
+
 def patch_choice(image_size: int, patch_size: int | None) -> str:
     """Why the teacher has its patch size, for its metadata: given, or the default for the image."""
     if patch_size:
@@ -80,9 +110,12 @@ def teacher_config(
     num_classes: int,
     patch_size: int | None = None,
     drop_path_rate: float = 0.1,
+    stem: str = "patch",
     **overrides: Any,
 ):
-    """The ViTConfig of a preset for images (C, H, W) and ``num_classes``; overrides win."""
+    """The ViTConfig of a preset for images (C, H, W) and ``num_classes``; overrides win.
+
+    ``stem`` is one of STEMS: ``conv`` puts :func:`conv_stem_channels` before the tokens."""
     from coinfer.core.models.vit import ViTConfig
 
     if preset not in PRESETS:
@@ -103,6 +136,10 @@ def teacher_config(
         drop_path_rate=drop_path_rate,
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if stem not in STEMS:
+        raise InvalidInput(f"unknown stem {stem!r}; valid: {', '.join(STEMS)}")
+    if stem == "conv" and values.get("stem_channels") is None:
+        values["stem_channels"] = conv_stem_channels(height, values["patch_size"], values["embed_dim"])
     return ViTConfig(**values)
 
 

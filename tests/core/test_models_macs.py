@@ -43,7 +43,15 @@ def test_conv_net_matches_a_hand_count() -> None:
 def _hand_vit_macs(cfg: ViTConfig, batch: int, blocks: int) -> int:
     """Patch embedding plus the first ``blocks`` blocks, from the textbook formulas."""
     N, T, C, hd = cfg.num_patches, cfg.num_tokens, cfg.embed_dim, cfg.resolved_head_dim
-    total = N * C * cfg.in_chans * cfg.patch_size**2
+    if cfg.stem_channels:  # 3 x 3 stride-2 convolutions, then a 1 x 1 projection
+        total, side, chans = 0, cfg.image_size, cfg.in_chans
+        for out in cfg.stem_channels:
+            side = _conv_out(side, 3, 2, 1)
+            total += side * side * out * chans * 9
+            chans = out
+        total += N * C * chans
+    else:
+        total = N * C * cfg.in_chans * cfg.patch_size**2
     for i in range(blocks):
         heads = cfg.block_heads[i] if cfg.block_heads else cfg.num_heads
         hidden = cfg.block_mlp_hidden[i] if cfg.block_mlp_hidden else int(C * cfg.mlp_ratio)
@@ -62,6 +70,7 @@ def _hand_vit_macs(cfg: ViTConfig, batch: int, blocks: int) -> int:
         {},
         {"head_dim": 4, "block_heads": (3, 0, 1), "block_mlp_hidden": (8, 0, 20)},
         {"num_classes": 0},
+        {"stem_channels": (4, 6)},
     ],
 )
 def test_vit_macs_match_a_hand_count(overrides: dict) -> None:

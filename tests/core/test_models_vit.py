@@ -210,6 +210,10 @@ def test_stochastic_depth_changes_training_output_but_not_eval() -> None:
         ({"num_classes": -1}, ["num_classes"]),
         ({"mlp_ratio": 0}, ["mlp_ratio"]),
         ({"depth": 0}, ["depth"]),
+        ({"stem_channels": (4, 4)}, ["stem", "2 stride-2", "2 x 2", "4 x 4", "1 convolutions would"]),
+        ({"stem_channels": (4, 0)}, ["stem_channels[1]"]),
+        ({"stem_channels": ()}, ["stem_channels"]),
+        ({"patch_size": 1, "stem_channels": (4,)}, ["stem", "8 x 8"]),
     ],
 )
 def test_bad_vit_configs_name_the_problem(overrides: dict, words: list[str]) -> None:
@@ -231,3 +235,19 @@ def test_grayscale_digits_input() -> None:
     with pytest.raises(RuntimeError):
         model(_x(chans=3))  # wrong channel count fails loudly inside the patch embedding
     assert F.softmax(model(_x(chans=1)), -1).sum(-1).allclose(torch.ones(2))
+
+
+def test_a_conv_stem_replaces_the_patchify_convolution() -> None:
+    plain, stemmed = _vit(), _vit(stem_channels=[6])  # JSON gives a list: kept as a tuple
+    assert stemmed.config.stem_channels == (6,)
+    keys = [k for k in stemmed.state_dict() if k.startswith("patch_embed.")]
+    assert keys[:2] == ["patch_embed.stem.0.weight", "patch_embed.stem.1.weight"]  # conv (no bias), batch norm
+    assert stemmed.patch_embed.proj.weight.shape == (16, 6, 1, 1)
+    assert [k for k in plain.state_dict() if k.startswith("patch_embed.")] == ["patch_embed.proj.weight", "patch_embed.proj.bias"]
+    assert stemmed(_x()).shape == (2, 5) and stemmed.forward_features(_x()).shape == plain.forward_features(_x()).shape
+    # The stem halves 8 px to the 4 x 4 grid of 2-px patches; the tokens then see 3 x 3 neighbourhoods.
+    x = _x(batch=1)
+    moved = x.clone()
+    moved[..., 7, 7] += 1.0  # one corner pixel: only the tokens whose stem window covers it change
+    delta = (stemmed.patch_embed(moved) - stemmed.patch_embed(x)).abs().sum(-1)[0]
+    assert delta[-1] > 0 and torch.all(delta[:-1] == 0)

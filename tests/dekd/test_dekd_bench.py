@@ -62,6 +62,19 @@ def test_a_changed_recipe_retrains(benched, monkeypatch):
         run_benchmark(out, settings=replace(TINY, teacher_epochs=2), progress=False, device="cpu")
 
 
+def test_a_changed_teacher_stem_retrains_with_that_stem(benched, monkeypatch):
+    out, _ = benched
+    from coinfer.server.dekd import teacher
+
+    def retrain(splits, config, train):
+        assert config.stem_channels == (24, 48)  # 8 px -> 4 -> the 2 x 2 grid of 4-px patches
+        raise _Retrained
+
+    monkeypatch.setattr(teacher, "train_teacher", retrain)
+    with pytest.raises(_Retrained):
+        run_benchmark(out, settings=replace(TINY, teacher_stem="conv"), progress=False, device="cpu")
+
+
 def test_only_some_datasets_leaves_the_deployment_rows_out_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "_teacher", lambda *a, **k: pytest.fail("ran a dataset it was not asked for"))
     result = run_benchmark(tmp_path, settings=TINY, progress=False, device="cpu", only=("nothing",))

@@ -173,6 +173,7 @@ def test_teacher_train_and_import_commands(tmp_path, capsys):
 
     model, meta = load_teacher(out)
     assert meta["dataset"] == "digits" and len(meta["val_accuracy_per_epoch"]) == 1 and model.config.depth == 1
+    assert meta["stem"] == "patch: one 4 x 4 convolution" and model.config.stem_channels is None
     assert meta["recipe"]["steps"] == 20 and meta["recipe"]["samples_seen"] == len(load_dataset("digits").train)
     weights = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
@@ -180,6 +181,19 @@ def test_teacher_train_and_import_commands(tmp_path, capsys):
                  "--dataset", "digits"]) == 0
     imported, meta = load_teacher(tmp_path / "imported")
     assert meta["test_accuracy"] >= 0 and imported.config.num_heads == 4
+    stemmed = tmp_path / "stemmed"
+    assert main(["teacher", "train", "--dataset", "digits", "--arch", "vit-nano", "--epochs", "1", "--batch-size", "64",
+                 "--depth", "1", "--stem", "conv", "--out", str(stemmed), "--threads", "1", "--no-progress"]) == 0
+    assert "stem conv: 3 x 3 stride-2 convolutions of 24, 48 channels" in capsys.readouterr().out
+    model, meta = load_teacher(stemmed)
+    assert model.config.stem_channels == (24, 48) and meta["stem"].startswith("conv")
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    from coinfer.core.errors import InvalidInput
+    from coinfer.server.dekd.jobs import train_teacher_job
+
+    with pytest.raises(InvalidInput, match="unknown stem 'resnet'; valid: patch, conv"):
+        train_teacher_job(out=tmp_path / "y", stem="resnet", progress=False)
+    assert not (tmp_path / "y").exists()
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")
     _fails(["teacher", "import", "--from", str(broken), "--out", str(tmp_path / "x")], capsys, "not a valid safetensors")

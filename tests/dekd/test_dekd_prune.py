@@ -64,6 +64,25 @@ def test_a_pruned_model_computes_exactly_the_masked_teacher(teacher):
     assert plan_cost(teacher.config, plan, "params", 2) == model.num_params()
 
 
+def test_a_pruned_model_keeps_the_teachers_conv_stem_whole():
+    torch.manual_seed(3)
+    stemmed = VisionTransformer(tiny_vit_config(depth=2, embed_dim=32, num_heads=4, stem_channels=(8, 12)))
+    with torch.no_grad():  # batch-norm statistics a trained stem would have, not the identity ones
+        for bn in (stemmed.patch_embed.stem[1], stemmed.patch_embed.stem[4]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    stemmed.eval()
+    plan = PrunePlan((0, 1), ((1, 3), (0, 2)), ((0, 5, 9), tuple(range(0, 128, 3))))
+    model = build_pruned_vit(stemmed, plan)
+    for name, value in stemmed.state_dict().items():
+        if name.startswith("patch_embed."):
+            assert torch.equal(model.state_dict()[name], value), name
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _masked_teacher_logits(stemmed, x, plan), rtol=1e-5, atol=1e-5)
+    assert plan_cost(stemmed.config, plan, "macs", 10) == model.macs()
+
+
 def test_importance_has_a_score_per_unit_and_block(teacher, importance):
     cfg = teacher.config
     assert importance.heads.shape == (cfg.depth, cfg.num_heads)

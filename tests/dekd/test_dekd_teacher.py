@@ -8,11 +8,13 @@ from coinfer.core.errors import IntegrityError, InvalidInput
 from coinfer.core.models.vit import VisionTransformer
 from coinfer.server.dekd.teacher import (
     check_compatible,
+    conv_stem_channels,
     default_patch_size,
     import_timm_vit,
     load_teacher,
     patch_choice,
     save_teacher,
+    stem_choice,
     teacher_config,
 )
 
@@ -108,6 +110,22 @@ def test_presets_pick_a_patch_size_for_the_image():
     assert (cfg.embed_dim, cfg.depth, cfg.num_tokens) == (192, 6, 17)
     with pytest.raises(Exception, match="unknown teacher arch"):
         teacher_config("vit-huge", (1, 28, 28), 10)
+
+
+def test_a_conv_stem_halves_the_image_down_to_the_patch_grid():
+    # 8-px digits on 4-px patches: 8 -> 4 -> 2; Fashion-MNIST on 7-px: 28 -> 14 -> 7 -> 4; ViT-S/16: 224 -> 14.
+    assert conv_stem_channels(8, 4, 192) == (24, 48)
+    assert conv_stem_channels(28, 7, 192) == (24, 48, 96)
+    assert conv_stem_channels(224, 16, 64) == (24, 48, 64, 64)  # capped at the token width
+    cfg = teacher_config("vit-tiny", (1, 28, 28), 10, stem="conv")
+    assert cfg.stem_channels == (24, 48, 96) and cfg.num_tokens == 17
+    assert stem_choice(cfg).startswith("conv: 3 x 3 stride-2 convolutions of 24, 48, 96 channels")
+    assert teacher_config("vit-tiny", (1, 28, 28), 10).stem_channels is None
+    assert stem_choice(teacher_config("vit-tiny", (1, 28, 28), 10)) == "patch: one 7 x 7 convolution"
+    with pytest.raises(InvalidInput, match="12-px images into the 4 x 4 grid of 3-px patches"):
+        teacher_config("vit-tiny", (1, 12, 12), 10, patch_size=3, stem="conv")  # 12 -> 6 -> 3: never 4
+    with pytest.raises(InvalidInput, match="unknown stem 'resnet'"):
+        teacher_config("vit-tiny", (1, 28, 28), 10, stem="resnet")
 
 
 def test_same_seed_trains_the_same_teacher_whatever_ran_before(digits):
