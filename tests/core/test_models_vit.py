@@ -250,4 +250,4 @@ def test_a_conv_stem_replaces_the_patchify_convolution() -> None:
     moved = x.clone()
     moved[..., 7, 7] += 1.0  # one corner pixel: only the tokens whose stem window covers it change
     delta = (stemmed.patch_embed(moved) - stemmed.patch_embed(x)).abs().sum(-1)[0]
-    assert delta[-1] > 0 and torch.all(delta[:-1] == 0)
+    assert delta[-1] > 1e-3 and torch.all(delta[:-1] < 1e-5)  # a kernel may round unchanged outputs anew
