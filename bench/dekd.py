@@ -416,6 +416,8 @@ def run_benchmark(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from coinfer.server.dekd.teacher import STEMS
+
     parser = argparse.ArgumentParser(prog="python -m coinfer.bench.dekd", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench/dekd"), help="output folder (default runs/bench/dekd)")
     parser.add_argument("--quick", action="store_true", help="digits on the quick budget: minutes instead of hours")
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where every stage trains (default auto: the GPU if there is one); evaluation stays on the CPU")
     parser.add_argument("--only", default=None,
                         help="comma list of datasets to run (digits, fashion-mnist-2000, -5000, -20000); default all")
-    parser.add_argument("--teacher-stem", default="patch", choices=("patch", "conv"),
+    parser.add_argument("--teacher-stem", default="patch", choices=STEMS,
                         help="the teachers' stem (coinfer teacher train --stem; default patch); give conv its own --out")
     args = parser.parse_args(argv)
     import logging
