@@ -63,6 +63,8 @@ class DeViTBundleConfig:
     """Joint training epochs of sub-models and fusion (0 = untrained)."""
     dataset: str = "digits"
     seed: int = 0
+    stem_channels: tuple[int, ...] | None = None
+    """A convolutional stem in every sub-model (ViTConfig.stem_channels); None: patchify."""
 
 
 def _train(model, splits, epochs: int, seed: int, desc: str) -> float:
@@ -165,6 +167,7 @@ def build_devit_bundle(out_dir: str | Path, config: DeViTBundleConfig | None = N
             ViTConfig(
                 image_size=height, in_chans=channels, patch_size=config.patch_size, embed_dim=config.embed_dim,
                 depth=config.depth, num_heads=config.num_heads, mlp_ratio=2.0, num_classes=0,
+                stem_channels=config.stem_channels,
             )
         )
         for _ in range(config.num_devices)
