@@ -125,14 +125,13 @@ class ViTConfig:
             raise InvalidInput(f"{_WHAT}: stem_channels must list one or more channel counts, got {stem!r}")
         for i, v in enumerate(stem):
             check_positive_int(_WHAT, f"stem_channels[{i}]", v)
-        grid = self.image_size // self.patch_size
-        if stem_grid(self.image_size, len(stem)) != grid:
+        grid, reached = self.image_size // self.patch_size, stem_grid(self.image_size, len(stem))
+        if reached != grid:
+            fitting = stem_depth(self.image_size, self.patch_size)
             raise InvalidInput(
                 f"{_WHAT}: a stem of {len(stem)} stride-2 convolutions turns {self.image_size} px into "
-                f"{stem_grid(self.image_size, len(stem))} x {stem_grid(self.image_size, len(stem))}, not the "
-                f"{grid} x {grid} patch grid of patch_size {self.patch_size}"
-                + (f"; {stem_depth(self.image_size, self.patch_size)} convolutions would"
-                   if stem_depth(self.image_size, self.patch_size) else "")
+                f"{reached} x {reached}, not the {grid} x {grid} patch grid of patch_size {self.patch_size}"
+                + (f"; {fitting} convolutions would" if fitting else "")
             )
 
     @property

@@ -94,8 +94,7 @@ def train_teacher_job(
     resolved = training_device(device)  # first of all: cuda without a GPU fails before anything is read
     world(resolved)
     _check_budget(budget)
-    if stem not in teacher_module.STEMS:
-        raise InvalidInput(f"unknown stem {stem!r}; valid: {', '.join(teacher_module.STEMS)}")
+    teacher_module.check_stem(stem)  # before the data is read
     arch = arch or TEACHER_ARCH
     _check_positive(epochs=epochs, steps=steps, batch_size=batch_size, threads=threads, patch_size=patch_size,
                     embed_dim=embed_dim, depth=depth, num_heads=num_heads)

@@ -73,6 +73,12 @@ STEM_WIDTH = 24
 """Channels of a conv stem's first convolution; each next one doubles them, up to the token width."""
 
 
+def check_stem(stem: str) -> None:
+    """Raise naming the valid choices unless ``stem`` is one of STEMS."""
+    if stem not in STEMS:
+        raise InvalidInput(f"unknown stem {stem!r}; valid: {', '.join(STEMS)}")
+
+
 def conv_stem_channels(image_size: int, patch_size: int, embed_dim: int) -> tuple[int, ...]:
     """The ``conv`` stem's channels: as many 3 x 3 stride-2 convolutions as turn the image into the
     patch grid, from STEM_WIDTH doubling (Xiao et al. 2021 build ViT_C's stem this way)."""
@@ -136,8 +142,7 @@ def teacher_config(
         drop_path_rate=drop_path_rate,
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if stem not in STEMS:
-        raise InvalidInput(f"unknown stem {stem!r}; valid: {', '.join(STEMS)}")
+    check_stem(stem)
     if stem == "conv" and values.get("stem_channels") is None:
         values["stem_channels"] = conv_stem_channels(height, values["patch_size"], values["embed_dim"])
     return ViTConfig(**values)

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
+from coinfer.bench.fixtures import DeViTBundleConfig, build_devit_bundle
 from coinfer.core.errors import NotFound
 from coinfer.edge.daemon import EdgeConfig
 from coinfer.edge.serve import start_edge
@@ -63,13 +64,13 @@ def cluster(devit_bundle, split_bundle, tmp_path_factory, free_port):
         coordinator.stop()
 
 
-def _wait_full(client: InferenceClient, images=None, timeout_s: float = 60.0, spread: int = 0):
-    """Wait for a non-degraded answer from at least ``spread`` distinct devices; returns it."""
+def _wait_full(client: InferenceClient, images=None, timeout_s: float = 60.0, spread: int = 0, model: str = MODEL):
+    """Wait for a non-degraded answer of ``model`` from at least ``spread`` distinct devices; returns it."""
     images = np.zeros((1, 1, 8, 8), np.uint8) if images is None else images
-    client.wait_until_ready(MODEL, timeout_s=timeout_s)
+    client.wait_until_ready(model, timeout_s=timeout_s)
     deadline = time.monotonic() + timeout_s
     while True:
-        reply = client.infer(MODEL, {"image": images})
+        reply = client.infer(model, {"image": images})
         if not reply.parameters["degraded"] and len(set(reply.parameters["devices"].split(","))) >= spread:
             return reply
         assert time.monotonic() < deadline, f"still degraded: {reply.parameters}"
@@ -230,3 +231,31 @@ def _degrades_until_the_sub_model_moves(coordinator, serving, images, lost: int)
         full = _wait_full(client, images, timeout_s=30)
     assert "nano-1" not in full.parameters["devices"]
     assert_float_close(full.outputs["logits"], serving.run_local(images), "whole again")
+
+
+def test_a_conv_stem_bundle_fans_out_to_the_in_process_answer(tmp_path, digits_test) -> None:
+    """Sub-models with a convolutional stem (``coinfer teacher train --stem conv``) are served like
+    any others: the edges rebuild the stem, trained batch-norm statistics included."""
+    bundle = build_devit_bundle(tmp_path / "stem-devit", DeViTBundleConfig(num_devices=2, patch_size=4, stem_channels=(8, 16), epochs=1))
+    coordinator = start_coordinator(
+        [bundle.path], ServerOptions(listen="127.0.0.1:0", grace_s=0.2),
+        CoordinatorConfig(heartbeat_interval_s=0.1, device_timeout_s=1.5, suspect_s=0.5), devit=DeViTServeConfig(timeout_s=5.0),
+    )
+    edges = []
+    try:
+        for i in range(2):
+            config = EdgeConfig(name=f"stem-{i}", coordinator=coordinator.address, address="", cache_dir=tmp_path / f"edge-{i}", speed=1.0)
+            edges.append(start_edge(config, ServerOptions(listen="127.0.0.1:0", grace_s=0.2)))
+        images = digits_test.x[:16]
+        with InferenceClient(coordinator.address, timeout_s=DEADLINE_S) as client:
+            reply = _wait_full(client, images, spread=2, model="stem-devit")
+        serving = coordinator.coordinator.catalog.devit["stem-devit"]
+        loaded = [serving.bundle.load_module(p) for p in serving.submodel_parts]
+        assert all(m.config.stem_channels == (8, 16) for m in loaded)
+        assert all(m.patch_embed.stem[1].running_mean.abs().sum() > 0 for m in loaded)  # trained statistics travel
+        assert_float_close(reply.outputs["logits"], serving.run_local(images), "the stem bundle's fan-out")
+        assert np.isfinite(reply.outputs["logits"]).all()
+    finally:
+        for edge in edges:
+            edge.stop()
+        coordinator.stop()
