@@ -179,6 +179,8 @@ def encode(array: np.ndarray, bits: int = 0, compress: bool | None = False) -> E
         # The range always holds zero, so zero is exactly representable (zero padding stays zero).
         lo, hi = min(lo, 0.0), max(hi, 0.0)
         scale = (hi - lo) / levels if hi > lo else 1.0
+        # The wire holds a float32 scale: a range of a few subnormals must not round it to zero.
+        scale = max(scale, float(np.finfo(np.float32).smallest_subnormal))
         zero_point = int(round(-lo / scale))
         codes = np.clip(np.rint(values / scale) + zero_point, 0, levels).astype(np.uint8)
         enc = EncodedTensor(
