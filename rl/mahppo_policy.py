@@ -8,7 +8,6 @@ The runtime's scheduler needs only this::
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -17,7 +16,7 @@ import torch
 
 from coinfer.core.errors import InvalidInput
 from coinfer.rl.actions import JointAction, powers_from_unit, sample_categorical
-from coinfer.rl.networks import Critic, HybridActor
+from coinfer.rl.networks import Critic, Float64Copy, HybridActor
 from coinfer.rl.policy_files import PolicySpec, check_compatible, read_policy_spec, read_policy_tensors, save_policy
 from coinfer.rl.scenario import Scenario
 from coinfer.rl.sim.core import feature_names
@@ -59,8 +58,7 @@ class MahppoPolicy:
         self.num_devices = actor.num_devices
         self.state_dim = actor.num_devices * actor.num_features
         self._rng = np.random.default_rng()
-        self._actor64: HybridActor | None = None
-        self._actor64_versions: tuple[int, ...] = ()
+        self._actor64 = Float64Copy(actor)
 
     def reset(self) -> None:
         pass
@@ -76,7 +74,7 @@ class MahppoPolicy:
         rows = obs.reshape(-1, self.state_dim)
         if rngs is not None and len(rngs) != rows.shape[0]:
             raise InvalidInput(f"policy {self.name!r}: {len(rngs)} generators for {rows.shape[0]} states")
-        actor = self._float64_actor()
+        (actor,) = self._actor64.get()
         N = self.num_devices
         points, channels, power_u = np.zeros((rows.shape[0], N), np.int64), np.zeros((rows.shape[0], N), np.int64), np.zeros((rows.shape[0], N))
         with torch.no_grad():
@@ -93,13 +91,6 @@ class MahppoPolicy:
         powers = powers_from_unit(power_u, self.power_low_w, self.power_high_w, self.power_scale)
         action = JointAction(points, channels, powers)
         return action.env(0) if single else action
-
-    def _float64_actor(self) -> HybridActor:
-        """A float64 copy of the actor, made again whenever the actor's weights have changed (training)."""
-        versions = tuple(p._version for p in self.actor.parameters())
-        if self._actor64 is None or versions != self._actor64_versions:
-            self._actor64, self._actor64_versions = copy.deepcopy(self.actor).double().eval(), versions
-        return self._actor64
 
     # -----------------------------------------------------------------------------------------
 

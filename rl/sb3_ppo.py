@@ -8,7 +8,6 @@ behind the same `Policy` protocol.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from coinfer.core.errors import InvalidInput
 from coinfer.rl.actions import JointAction, decode_discrete, power_grids_w, sample_categorical
 from coinfer.rl.episodes import EpisodeSet, check_training_seeds
 from coinfer.rl.mahppo import EVAL_COLUMNS, CurvePoint, TrainResult, eval_csv_row
+from coinfer.rl.networks import Float64Copy
 from coinfer.rl.policy_files import PolicySpec, check_compatible, read_policy_spec, read_policy_tensors, save_policy
 from coinfer.rl.scenario import Scenario, load_scenario
 from coinfer.rl.sim.core import Simulator, feature_names
@@ -97,8 +97,7 @@ class Sb3Policy:
         self.levels_w = _power_levels(scenario, power_levels)
         self.state_dim = scenario.num_devices * len(feature_names(scenario))
         self._rng = np.random.default_rng()
-        self._actor64: tuple[nn.Module, nn.Module] | None = None
-        self._actor64_versions: tuple[int, ...] = ()
+        self._actor64 = Float64Copy(sb3_policy.mlp_extractor.policy_net, sb3_policy.action_net)
 
     def reset(self) -> None:
         pass
@@ -110,7 +109,7 @@ class Sb3Policy:
         rows = obs.reshape(-1, self.state_dim)
         if rngs is not None and len(rngs) != rows.shape[0]:
             raise InvalidInput(f"policy {self.name!r}: {len(rngs)} generators for {rows.shape[0]} states")
-        trunk, head = self._float64_actor()
+        trunk, head = self._actor64.get()
         sizes = [int(n) for n in self.policy.action_space.nvec]
         actions = np.zeros((rows.shape[0], len(sizes)), np.int64)
         with torch.no_grad():
@@ -121,14 +120,6 @@ class Sb3Policy:
                 actions[e] = [part.argmax() if deterministic else sample_categorical(part, rng) for part in parts]
         action = decode_discrete(actions, self.levels_w)
         return action.env(0) if obs.ndim == 1 else action
-
-    def _float64_actor(self) -> tuple[nn.Module, nn.Module]:
-        """Float64 copies of the policy's trunk and action head, made again whenever their weights have changed."""
-        trunk, head = self.policy.mlp_extractor.policy_net, self.policy.action_net
-        versions = tuple(p._version for p in (*trunk.parameters(), *head.parameters()))
-        if self._actor64 is None or versions != self._actor64_versions:
-            self._actor64, self._actor64_versions = (copy.deepcopy(trunk).double(), copy.deepcopy(head).double()), versions
-        return self._actor64
 
     def spec(self) -> PolicySpec:
         s = self.scenario

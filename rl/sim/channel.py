@@ -7,9 +7,11 @@ Exp(1) block fading drawn per device, per sub-channel and per slot.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import numpy as np
+from numba import njit
 
 from coinfer.core.errors import InvalidInput
 from coinfer.rl.scenario import NetworkConfig
@@ -58,23 +60,36 @@ def make_channel(config: NetworkConfig) -> ChannelModel:
     raise InvalidInput(f"unknown channel model {config.channel_model!r}")
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def cell_uplink_rates_bps(received_w, uploading, channel, num_subchannels, bandwidth_hz, noise_w, out):
+    """Rate of each of one environment's devices into ``out`` (N,); 0 for those not uploading.
+
+    ``received_w`` (N,) is each device's received power (transmit power x gain on its current
+    sub-channel), ``channel`` (N,) that sub-channel. The interference on a device is the received
+    power of every other device uploading on the same sub-channel at this moment. Compiled: the
+    simulator's event loop (`coinfer.rl.sim.events`) calls it after every event.
+    """
+    per_channel_w = np.zeros(num_subchannels)
+    for n in range(received_w.shape[0]):
+        out[n] = received_w[n] if uploading[n] else 0.0
+        per_channel_w[channel[n]] += out[n]
+    for n in range(received_w.shape[0]):
+        signal_w = out[n]
+        out[n] = bandwidth_hz * math.log2(1.0 + signal_w / (per_channel_w[channel[n]] - signal_w + noise_w))
+
+
 def uplink_rates_bps(
     received_w: np.ndarray,
     uploading: np.ndarray,
-    channel_slot: np.ndarray,
-    num_channel_slots: int,
+    channel: np.ndarray,
+    num_subchannels: int,
     bandwidth_hz: float,
     noise_w: float,
 ) -> np.ndarray:
-    """Rate (E, N) of every uploading device; 0 for the others.
-
-    ``received_w`` (E, N) is each device's received power (transmit power x gain on its current
-    sub-channel). ``channel_slot`` (E, N) numbers each (environment, sub-channel) pair
-    (e * K + k) so that one bincount sums the power on every sub-channel of every environment. The
-    interference on a device is the received power of every other device uploading on the same
-    sub-channel at this moment.
-    """
-    signal_w = np.where(uploading, received_w, 0.0)
-    per_channel_w = np.bincount(channel_slot.ravel(), weights=signal_w.ravel(), minlength=num_channel_slots)
-    interference_w = per_channel_w[channel_slot] - signal_w
-    return bandwidth_hz * np.log2(1.0 + signal_w / (interference_w + noise_w))
+    """Rates (E, N) of every uploading device of E environments (`cell_uplink_rates_bps` per row); 0 for the others."""
+    received_w, uploading = np.asarray(received_w, dtype=float), np.asarray(uploading, dtype=bool)
+    channel = np.asarray(channel, dtype=np.int64)
+    out = np.zeros(received_w.shape)
+    for e in range(received_w.shape[0]):
+        cell_uplink_rates_bps(received_w[e], uploading[e], channel[e], num_subchannels, bandwidth_hz, noise_w, out[e])
+    return out

@@ -1,4 +1,4 @@
-"""The simulation core: E independent copies of one cell, stepped together with numpy.
+"""The simulation core: E independent copies of one cell, stepped together.
 
 Each device works through its queue one task after another. A task passes through up to four
 stages: head compute on the device (the split point's latency, at its power), upload of the
@@ -9,7 +9,8 @@ raw-image point has no head; the local point uploads nothing) are skipped.
 
 Inside a decision slot the simulation jumps from event to event (a stage ends, a task arrives, the
 slot ends); upload rates and server shares are recomputed after every event, so they change
-exactly when an upload or a tail starts or stops. A decision sets each device's transmit power at
+exactly when an upload or a tail starts or stops (that loop is compiled: `coinfer.rl.sim.events`;
+what happens once a slot, the decision, the reward and the observations, is numpy). A decision sets each device's transmit power at
 once and its split point and sub-channel for its *next* task. Every device's first task starts at
 reset, before any decision, at the scenario's ``initial_point``.
 
@@ -29,17 +30,15 @@ import numpy as np
 from coinfer.core.errors import InvalidInput
 from coinfer.rl.scenario import Mode, Scenario
 from coinfer.rl.sim.arrivals import make_arrivals
-from coinfer.rl.sim.channel import make_channel, uplink_rates_bps
+from coinfer.rl.sim import events
+from coinfer.rl.sim.channel import make_channel
 from coinfer.rl.sim.metrics import EpisodeMetrics, episode_metrics
 from coinfer.rl.sim.server import make_server
 from coinfer.rl.sim.streams import EpisodeStreams, SharedStreams
 
-# Stages of a task, in order, then the two states between tasks.
-HEAD, UPLOAD, SERVER, DOWNLOAD, DONE, IDLE = 0, 1, 2, 3, 4, 5
-NUM_STAGES = 4
+from coinfer.rl.sim.events import DONE, DOWNLOAD, HEAD, IDLE, NUM_STAGES, SERVER, TIME_TOL_S, UPLOAD  # noqa: F401 (re-exported)
+
 STAGE_NAMES = ("head", "upload", "server", "download", "done", "idle")
-TIME_TOL_S = 1e-12
-"""Events closer than this are simultaneous."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +204,6 @@ class Simulator:
         self.stage_work = self._task[..., :NUM_STAGES]  # the current task's full stages
         self.point = np.zeros((E, N), dtype=np.int64)  # the current task's split point
         self.channel_index = np.zeros((E, N), dtype=np.int64)  # the current task's sub-channel
-        self._channel_slot = np.zeros((E, N), dtype=np.int64)  # e * K + sub-channel
         self._received_w = np.zeros((E, N))  # power x gain on the current sub-channel
         self._power_now_w = np.zeros((E, N))  # device power in the current stage
         self._speed = np.ones((E, N))  # progress per second of stages other than upload and tail
@@ -256,8 +254,7 @@ class Simulator:
         self.now_s[idx] = 0.0
         self.slot[idx] = 0
         self.episode_reward[idx] = 0.0
-        e, n = np.repeat(idx, N), np.tile(self._device_index, idx.size)
-        self._start_tasks(e, n)
+        events.start_tasks(np.repeat(idx, N), np.tile(self._device_index, idx.size), self._stream, *self._task_state())
         self._channel_changed()  # the new episodes' gains and powers
         self._update_phase_rates()
 
@@ -330,35 +327,21 @@ class Simulator:
         self._update_phase_rates()
 
     def _run_until_slot_end(self) -> None:
-        """Jump from event to event until the slot ends in every environment.
+        """Jump from event to event until the slot ends in every environment (`coinfer.rl.sim.events`).
 
         An environment whose slot has ended waits, untouched, for the others: its trajectory is
         the one it would have alone.
         """
         net = self.scenario.network
-        left_s = np.full(self.num_envs, self.slot_s)
-        channel_slots = self.num_envs * self.num_subchannels  # one bincount bin per (environment, sub-channel)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            while True:
-                waiting = left_s <= TIME_TOL_S
-                up = self.phase == UPLOAD
-                rate = uplink_rates_bps(self._received_w, up, self._channel_slot, channel_slots, net.subchannel_bandwidth_hz, net.noise_w)
-                speed = np.where(up, rate, self._speed)
-                if self.server.enabled:  # tails running at once share the server equally
-                    serving = self.phase == SERVER
-                    speed = np.where(serving, 1.0 / np.maximum(serving.sum(axis=1, keepdims=True), 1), speed)
-                ttl_s = self.work / speed
-                dt = np.where(waiting, 0.0, np.maximum(np.minimum(ttl_s.min(axis=1), left_s), 0.0))
-                dt_col = dt[:, None]
-                self.slot_energy_j += self._power_now_w * dt_col
-                self.work -= speed * dt_col
-                self.now_s += dt
-                left_s -= dt
-                ended = (ttl_s <= dt_col + TIME_TOL_S) & ~waiting[:, None]
-                if ended.any():
-                    self._end_stages(ended)
-                if left_s.max() <= TIME_TOL_S:
-                    break
+        events.run_slot(self.slot_s, self.num_subchannels, net.subchannel_bandwidth_hz, net.noise_w, self.server.enabled,
+                        self.scenario.server.receive_power_w, self._stream, *self._task_state(), self._power_now_w, self._speed,
+                        self._download_bps, self.completion_s, self.finished, self.slot_finished, self.slot_energy_j)
+
+    def _task_state(self) -> tuple:
+        """What starting a task reads and writes, in the order `events.start_task` takes it."""
+        return (self.now_s, self.started, self.num_tasks, self.arrival_s, self.work, self.phase, self.next_point, self.next_channel,
+                self._task, self._task_table, self.point, self.channel_index, self._received_w, self.power_w, self.gain,
+                self._following_stage)
 
     def _reward(self) -> np.ndarray:
         r = self.scenario.reward
@@ -369,32 +352,6 @@ class Simulator:
     # -----------------------------------------------------------------------------------------
     # Events
 
-    def _end_stages(self, ended: np.ndarray) -> None:
-        """The current stage ended for the devices in ``ended`` (or, when idle, a task arrived).
-
-        Events touch few devices: everything below updates those devices' entries only.
-        """
-        e, n = np.nonzero(ended)
-        if self._stream:  # only streams wake idle devices
-            running = self.phase[e, n] < DONE
-            er, nr = e[running], n[running]
-        else:
-            er, nr = e, n
-        phase = self._following_stage[nr, self.point[er, nr], self.phase[er, nr] + 1]
-        self.phase[er, nr] = phase
-        self.work[er, nr] = self.stage_work[er, nr, np.minimum(phase, NUM_STAGES - 1)]
-        done = phase == DONE
-        if done.any():
-            self._finish_tasks(er[done], nr[done])
-        if self._stream:
-            idle = self.phase[e, n] == IDLE
-            es, ns = np.concatenate([er[done], e[idle]]), np.concatenate([nr[done], n[idle]])
-        else:
-            es, ns = er[done], nr[done]
-        if es.size:
-            self._start_tasks(es, ns)
-        self._refresh_rates(e, n)
-
     def _update_phase_rates(self) -> None:
         """Device power and the speed of every stage but the upload and the shared tail (all devices)."""
         receive_w = self.scenario.server.receive_power_w
@@ -402,49 +359,8 @@ class Simulator:
         if self.server.enabled:
             self._speed = np.where(self.phase == DOWNLOAD, self._download_bps, 1.0)
 
-    def _refresh_rates(self, e: np.ndarray, n: np.ndarray) -> None:
-        """`_update_phase_rates` for the devices (e, n) only."""
-        phase = self.phase[e, n]
-        receive_w = self.scenario.server.receive_power_w
-        self._power_now_w[e, n] = np.choose(phase, (self._head_power_w[e, n], self.power_w[e, n], 0.0, receive_w, 0.0, 0.0))
-        if self.server.enabled:
-            self._speed[e, n] = np.where(phase == DOWNLOAD, self._download_bps[e, n], 1.0)
-
-    def _finish_tasks(self, e: np.ndarray, n: np.ndarray) -> None:
-        self.completion_s[e, n, self.finished[e, n]] = self.now_s[e]
-        self.finished[e, n] += 1
-        self.slot_finished[e, n] += 1
-
-    def _start_tasks(self, e: np.ndarray, n: np.ndarray) -> None:
-        """Devices (e, n) take their next task if it has arrived, else wait idle for it."""
-        more = self.started[e, n] < self.num_tasks[e, n]
-        if self._stream:
-            capacity = self.arrival_s.shape[2]
-            next_arrival = np.where(more, self.arrival_s[e, n, np.minimum(self.started[e, n], capacity - 1)], np.inf)
-            start = next_arrival <= self.now_s[e] + TIME_TOL_S
-            wait = ~start
-            self.work[e[wait], n[wait]] = next_arrival[wait] - self.now_s[e[wait]]
-        else:
-            start = more
-            wait = ~more
-            self.work[e[wait], n[wait]] = np.inf
-        self.phase[e[wait], n[wait]] = IDLE
-        if start.any():
-            e, n = e[start], n[start]
-            point = self.next_point[e, n]
-            self._task[e, n] = self._task_table[n, point]  # stages, head power, first stage and its work
-            self.point[e, n] = point
-            channel = self.next_channel[e, n]
-            self.channel_index[e, n] = channel
-            self._channel_slot[e, n] = e * self.num_subchannels + channel
-            self._received_w[e, n] = self.power_w[e, n] * self.gain[e, n, channel]
-            self.started[e, n] += 1
-            self.phase[e, n] = self._following_stage[n, point, 0]
-            self.work[e, n] = self._task[e, n, 6]
-
     def _channel_changed(self) -> None:
         """Refresh what depends on the current sub-channels, gains and powers (all devices)."""
-        self._channel_slot = self._ei * self.num_subchannels + self.channel_index
         self._received_w = self.power_w * self.gain[self._ei, self._ni, self.channel_index]
 
     # -----------------------------------------------------------------------------------------

@@ -216,3 +216,29 @@ def test_train_cell_picks_the_training_episodes(tiny_toml, monkeypatch, cell, mo
         assert (sim.num_tasks == scenario.evaluation.tasks_per_device).all()
     with pytest.raises(InvalidInput, match="train_cell must be 'random' or 'evaluation'"):
         train_mahppo(small_config(tiny_toml, train_cell="fixed"), None)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_policy_acts_with_the_weights_an_optimiser_step_left(tiny, fused):
+    # Fused Adam updates in place without bumping version counters: a float64 copy kept by
+    # version acted with the initial weights through a whole training run.
+    torch.manual_seed(0)
+    actor = HybridActor(tiny.num_devices, 4, tiny.num_points, tiny.num_subchannels)
+    policy = MahppoPolicy(actor, tiny)
+    states = np.random.default_rng(0).random((6, actor.num_devices * actor.num_features)).astype(np.float32)
+
+    before = policy.act(states).powers_w.copy()
+    optimiser = torch.optim.Adam(actor.parameters(), lr=0.5, fused=fused)
+    (-actor(torch.as_tensor(states)).power_mean.sum()).backward()  # push every device's power up
+    optimiser.step()
+    after = policy.act(states).powers_w
+    assert not np.allclose(before, after)
+    np.testing.assert_array_equal(after, MahppoPolicy(actor, tiny).act(states).powers_w)  # what a fresh copy gives
+
+
+def test_training_evaluations_follow_the_actor(tiny_toml, tmp_path):
+    train_mahppo(MahppoConfig(scenario=str(tiny_toml), total_steps=1536, num_envs=8, rollout_steps=256, eval_every_steps=256,
+                              eval_episodes=4, checkpoint_every_steps=0, actor_lr=3e-3, critic_lr=3e-3), tmp_path)
+    rows = (tmp_path / "eval.csv").read_text().splitlines()[1:]
+    rewards = {row.split(",")[2] for row in rows}
+    assert len(rows) == 6 and len(rewards) > 1  # six evaluations of a learning actor are not all the same
