@@ -207,7 +207,7 @@ class Simulator:
         self._received_w = np.zeros((E, N))  # power x gain on the current sub-channel
         self._power_now_w = np.zeros((E, N))  # device power in the current stage
         self._speed = np.ones((E, N))  # progress per second of stages other than upload and tail
-        self._head_power_w = self._task[..., 4]
+        self._head_power_w = self._task[..., events.HEAD_POWER]
         self.next_point = np.zeros((E, N), dtype=np.int64)
         self.next_channel = np.zeros((E, N), dtype=np.int64)
         self.power_w = np.zeros((E, N))
