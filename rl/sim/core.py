@@ -10,9 +10,9 @@ raw-image point has no head; the local point uploads nothing) are skipped.
 Inside a decision slot the simulation jumps from event to event (a stage ends, a task arrives, the
 slot ends); upload rates and server shares are recomputed after every event, so they change
 exactly when an upload or a tail starts or stops (that loop is compiled: `coinfer.rl.sim.events`;
-what happens once a slot, the decision, the reward and the observations, is numpy). A decision sets each device's transmit power at
-once and its split point and sub-channel for its *next* task. Every device's first task starts at
-reset, before any decision, at the scenario's ``initial_point``.
+what happens once a slot, the decision, the reward and the observations, is numpy). A decision
+sets each device's transmit power at once and its split point and sub-channel for its *next* task.
+Every device's first task starts at reset, before any decision, at the scenario's ``initial_point``.
 
 One environment is ``num_envs=1``; the batched view uses the same core with many. An
 environment's arithmetic never reads another's, so with per-episode random streams
@@ -29,14 +29,13 @@ import numpy as np
 
 from coinfer.core.errors import InvalidInput
 from coinfer.rl.scenario import Mode, Scenario
-from coinfer.rl.sim.arrivals import make_arrivals
 from coinfer.rl.sim import events
+from coinfer.rl.sim.arrivals import make_arrivals
 from coinfer.rl.sim.channel import make_channel
+from coinfer.rl.sim.events import DONE, DOWNLOAD, HEAD, IDLE, NUM_STAGES, SERVER, TIME_TOL_S, UPLOAD  # noqa: F401 (re-exported)
 from coinfer.rl.sim.metrics import EpisodeMetrics, episode_metrics
 from coinfer.rl.sim.server import make_server
 from coinfer.rl.sim.streams import EpisodeStreams, SharedStreams
-
-from coinfer.rl.sim.events import DONE, DOWNLOAD, HEAD, IDLE, NUM_STAGES, SERVER, TIME_TOL_S, UPLOAD  # noqa: F401 (re-exported)
 
 STAGE_NAMES = ("head", "upload", "server", "download", "done", "idle")
 
