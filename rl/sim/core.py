@@ -206,7 +206,6 @@ class Simulator:
         self._received_w = np.zeros((E, N))  # power x gain on the current sub-channel
         self._power_now_w = np.zeros((E, N))  # device power in the current stage
         self._speed = np.ones((E, N))  # progress per second of stages other than upload and tail
-        self._head_power_w = self._task[..., events.HEAD_POWER]
         self.next_point = np.zeros((E, N), dtype=np.int64)
         self.next_channel = np.zeros((E, N), dtype=np.int64)
         self.power_w = np.zeros((E, N))
@@ -353,10 +352,8 @@ class Simulator:
 
     def _update_phase_rates(self) -> None:
         """Device power and the speed of every stage but the upload and the shared tail (all devices)."""
-        receive_w = self.scenario.server.receive_power_w
-        self._power_now_w = np.choose(self.phase, (self._head_power_w, self.power_w, 0.0, receive_w, 0.0, 0.0))
-        if self.server.enabled:
-            self._speed = np.where(self.phase == DOWNLOAD, self._download_bps, 1.0)
+        events.stage_rates(self.scenario.server.receive_power_w, self.server.enabled, self.phase, self._task, self.power_w,
+                           self._download_bps, self._power_now_w, self._speed)
 
     def _channel_changed(self) -> None:
         """Refresh what depends on the current sub-channels, gains and powers (all devices)."""

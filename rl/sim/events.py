@@ -140,7 +140,12 @@ def _end_stage(e, n, stream, receive_w, server_enabled, now_s, started, num_task
     elif current == IDLE:
         start_task(e, n, stream, now_s, started, num_tasks, arrival_s, work, phase, next_point, next_channel, task, task_table,
                    point, channel_index, received_w, power_w, gain, following)
-    # The device's power and speed in its new stage.
+    _stage_rates(e, n, receive_w, server_enabled, phase, task, power_w, download_bps, power_now_w, speed_other)
+
+
+@njit(**_JIT)
+def _stage_rates(e, n, receive_w, server_enabled, phase, task, power_w, download_bps, power_now_w, speed_other):
+    """Device (e, n)'s power and its progress per second (outside the upload and the shared tail) in its current stage."""
     now = phase[e, n]
     if now == HEAD:
         power_now_w[e, n] = task[e, n, HEAD_POWER]
@@ -152,3 +157,12 @@ def _end_stage(e, n, stream, receive_w, server_enabled, now_s, started, num_task
         power_now_w[e, n] = 0.0
     if server_enabled:
         speed_other[e, n] = download_bps[e, n] if now == DOWNLOAD else 1.0
+
+
+@njit(**_JIT)
+def stage_rates(receive_w, server_enabled, phase, task, power_w, download_bps, power_now_w, speed_other):
+    """`_stage_rates` for every device (new powers or new episodes: once a slot)."""
+    E, N = phase.shape
+    for e in range(E):
+        for n in range(N):
+            _stage_rates(e, n, receive_w, server_enabled, phase, task, power_w, download_bps, power_now_w, speed_other)
