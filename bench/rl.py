@@ -35,7 +35,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -405,16 +405,22 @@ def _train_cached(algo: str, scenario: str, seed: int, steps: int, eval_every: i
     Several bench processes may share ``out_dir``: a lock file makes each run train only once.
     """
     done = out / "result.json"
-    out.mkdir(parents=True, exist_ok=True)
+    _once(done, out / "running.lock", lambda: _train_run(algo, scenario, seed, steps, eval_every, out, overrides))
+    return json.loads(done.read_text())
+
+
+def _once(done: Path, lock: Path, work: Callable[[], object]) -> None:
+    """Run ``work`` until ``done`` exists, in one process only: others sharing the folder wait for it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
     while not done.exists():
-        if not _take_lock(out / "running.lock"):  # another bench process is training this run
+        if not _take_lock(lock):  # another bench process is on it
             time.sleep(20)
             continue
         try:
-            _train_run(algo, scenario, seed, steps, eval_every, out, overrides)
+            if not done.exists():  # it may have finished between our check and the lock
+                work()
         finally:
-            (out / "running.lock").unlink(missing_ok=True)
-    return json.loads(done.read_text())
+            lock.unlink(missing_ok=True)
 
 
 def _take_lock(lock: Path) -> bool:
@@ -458,14 +464,14 @@ def _cached_eval(path: Path, make: Callable[[], tuple[object, dict]]):
     """The `EvalResult` cached at ``path``, made (with extra JSON fields) and written if missing."""
     from coinfer.rl.evaluation import EvalResult
 
-    if path.exists():
-        return EvalResult.from_dict(json.loads(path.read_text()))
-    result, extra = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**result.to_dict(), **extra}, indent=1) + "\n")
-    tmp.replace(path)
-    return result
+    def write() -> None:
+        result, extra = make()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**result.to_dict(), **extra}, indent=1) + "\n")
+        tmp.replace(path)
+
+    _once(path, path.with_suffix(".lock"), write)  # bench processes sharing a folder search a baseline once
+    return EvalResult.from_dict(json.loads(path.read_text()))
 
 
 @dataclass(frozen=True)
@@ -531,11 +537,15 @@ def _baseline_records(scenario_name: str, out_dir: Path, protocol: Protocol, sea
 
     def oracle():
         start = time.perf_counter()
-        searched = search_oracle(scenario, sets.held_out, progress=True, **search_options)
+        deployed = baseline("search")[0].action
+        searched = search_oracle(scenario, sets.held_out, progress=True, also_from=deployed, **search_options)
         result = result_from_episodes(ORACLE, scenario.name, sets.held_out, [m for _, m in searched])
-        return result, {"actions": [a.to_dict() for a, _ in searched], "make_s": time.perf_counter() - start}
+        return result, {"actions": [a.to_dict() for a, _ in searched], "also_from": deployed.to_dict(), "make_s": time.perf_counter() - start}
 
-    records["held_out"][ORACLE] = _cached_eval(_eval_path(out_dir, scenario_name, sets.held_out.key(), ORACLE), oracle)
+    oracle_path = _eval_path(out_dir, scenario_name, sets.held_out.key(), ORACLE)
+    if oracle_path.exists() and "also_from" not in json.loads(oracle_path.read_text()):
+        oracle_path.unlink()  # cached before the oracle also started from the deployed search: it could end below it
+    records["held_out"][ORACLE] = _cached_eval(oracle_path, oracle)
     return records
 
 

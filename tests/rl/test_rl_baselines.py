@@ -9,7 +9,7 @@ from coinfer.core.errors import InvalidInput
 from coinfer.rl.baselines import GreedyPolicy
 from coinfer.rl.episodes import EpisodeSet
 from coinfer.rl.evaluation import evaluate_policy
-from coinfer.rl.policy import Policy, load_policy, make_policy
+from coinfer.rl.policy import FixedPolicy, Policy, load_policy, make_policy
 from coinfer.rl.scenario import load_scenario
 from coinfer.rl.search import coordinate_search, evaluate_fixed_actions, search_oracle, tuning_episodes
 from coinfer.rl.sim.core import Simulator
@@ -89,6 +89,16 @@ def test_search_is_tuned_on_tuning_episodes_and_the_oracle_on_each_held_out_one(
         assert np.array_equal(action.points, alone.action.points) and np.array_equal(action.powers_w, alone.action.powers_w)
         assert metrics.reward == pytest.approx(alone.reward)
     assert len({tuple(a.points) + tuple(a.channels) + tuple(a.powers_w) for a, _ in oracle}) > 1  # each episode its own action
+
+
+def test_the_oracle_is_never_below_the_deployed_search_on_an_episode(tiny):
+    """Coordinate search ends in local optima; the oracle also starts from the deployed action, so it bounds it."""
+    weak = dict(power_levels=3, starts=1, max_rounds=1)  # one short search from all-local: easily stuck
+    deployed = coordinate_search(tiny, tuning_episodes(tiny, 4), power_levels=3, starts=3, max_rounds=3).action
+    held_out = EpisodeSet.of(tiny, 6)
+    fixed = evaluate_policy(FixedPolicy("search", deployed), tiny, held_out).per_episode
+    oracle = search_oracle(tiny, held_out, also_from=deployed, **weak)
+    assert all(m.reward >= f.reward - 1e-9 for (_, m), f in zip(oracle, fixed))
 
 
 def test_search_prunes_candidates_that_fall_behind(tiny):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -108,6 +109,37 @@ def test_execute_planned_skips_what_is_done(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "_execute", lambda run: ran.append(run) or run.label())
     bench.execute_planned([done, todo], jobs=1)
     assert ran == [todo]
+
+
+def test_bench_processes_sharing_a_folder_do_each_job_once(tmp_path, monkeypatch):
+    """A run or a baseline's evaluation another live process is on is waited for, not done again;
+    a lock left by a dead process is taken over."""
+    import subprocess
+    import sys
+
+    from coinfer.rl.evaluation import evaluate_policy
+    from coinfer.rl.policy import make_policy
+    from coinfer.rl.scenario import load_scenario
+
+    scenario = load_scenario("dense")
+    result = evaluate_policy(make_policy("local", scenario), scenario, bench.episode_sets(scenario, bench.QUICK_PROTOCOL).cell)
+    path = tmp_path / "evals" / "search.json"
+    path.parent.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        path.with_suffix(".lock").write_text(str(holder.pid))
+        # While we wait, the other process finishes its evaluation.
+        monkeypatch.setattr(bench.time, "sleep", lambda s: path.write_text(json.dumps(result.to_dict())))
+        got = bench._cached_eval(path, lambda: pytest.fail("evaluated a second time while another process held it"))
+        assert got.reward == result.reward and path.with_suffix(".lock").read_text() == str(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
+    done, lock, ran = tmp_path / "run" / "result.json", tmp_path / "run" / "running.lock", []
+    lock.parent.mkdir()
+    lock.write_text(str(holder.pid))  # dead now
+    bench._once(done, lock, lambda: ran.append(1) or done.write_text("{}"))
+    assert ran == [1] and done.exists() and not lock.exists()
 
 
 def test_train_only_trains_the_asked_share(tmp_path, monkeypatch):
