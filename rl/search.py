@@ -132,6 +132,9 @@ def _coordinate_search(
         start_list.append((rng.integers(0, P, N), rng.integers(0, K, N), rng.integers(0, L, N)))
     start_list = start_list[:starts]
     if also_from is not None:
+        if np.shape(also_from.points) != (N,) or np.shape(also_from.channels) != (N,) or np.shape(also_from.powers_w) != (N,):
+            raise InvalidInput(f"also_from must be one joint action for the scenario's {N} devices, got shapes "
+                               f"{np.shape(also_from.points)}, {np.shape(also_from.channels)}, {np.shape(also_from.powers_w)}")
         also_levels = np.abs(np.log(grid_w) - np.log(np.asarray(also_from.powers_w))[:, None]).argmin(axis=1)
         start_list.append((np.asarray(also_from.points), np.asarray(also_from.channels), also_levels))
 

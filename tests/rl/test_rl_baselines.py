@@ -99,6 +99,8 @@ def test_the_oracle_is_never_below_the_deployed_search_on_an_episode(tiny):
     fixed = evaluate_policy(FixedPolicy("search", deployed), tiny, held_out).per_episode
     oracle = search_oracle(tiny, held_out, also_from=deployed, **weak)
     assert all(m.reward >= f.reward - 1e-9 for (_, m), f in zip(oracle, fixed))
+    with pytest.raises(InvalidInput, match="also_from must be one joint action"):
+        search_oracle(tiny, held_out.subset([0]), also_from=deployed.batched(), **weak)
 
 
 def test_search_prunes_candidates_that_fall_behind(tiny):
