@@ -48,6 +48,11 @@ def power_grids_w(low_w: np.ndarray, high_w: np.ndarray, levels: int) -> np.ndar
     return np.stack([power_grid_w(lo, hi, levels) for lo, hi in zip(low_w, high_w)])
 
 
+def nearest_power_levels(powers_w: np.ndarray, power_levels_w: np.ndarray) -> np.ndarray:
+    """Index of each device's nearest grid power, nearest on a log scale; ``powers_w`` (..., N), ``power_levels_w`` (N, L)."""
+    return np.abs(np.log(power_levels_w) - np.log(np.asarray(powers_w, dtype=float))[..., None]).argmin(axis=-1)
+
+
 def decode_discrete(actions: np.ndarray, power_levels_w: np.ndarray) -> JointAction:
     """A JointAction from flat [point, channel, power level] triples per device, (..., 3N).
 

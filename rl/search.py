@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coinfer.core.errors import InvalidInput
-from coinfer.rl.actions import JointAction, power_grids_w
+from coinfer.rl.actions import JointAction, nearest_power_levels, power_grids_w
 from coinfer.rl.baselines import GreedyPolicy, default_channels, power_bounds_w
 from coinfer.rl.episodes import EpisodeSet
 from coinfer.rl.policy import FixedPolicy
@@ -123,7 +123,7 @@ def _coordinate_search(
 
     # Starting points, as (points, channels, power levels).
     greedy = GreedyPolicy(scenario, power_levels).action_for_distances(np.array([d.eval_distance_m for d in scenario.devices]))
-    greedy_levels = np.abs(np.log(grid_w) - np.log(greedy.powers_w)[:, None]).argmin(axis=1)
+    greedy_levels = nearest_power_levels(greedy.powers_w, grid_w)
     start_list = [
         (np.full(N, P - 1), default_channels(scenario), np.full(N, L - 1)),
         (np.asarray(greedy.points), default_channels(scenario), greedy_levels),
@@ -135,8 +135,7 @@ def _coordinate_search(
         if np.shape(also_from.points) != (N,) or np.shape(also_from.channels) != (N,) or np.shape(also_from.powers_w) != (N,):
             raise InvalidInput(f"also_from must be one joint action for the scenario's {N} devices, got shapes "
                                f"{np.shape(also_from.points)}, {np.shape(also_from.channels)}, {np.shape(also_from.powers_w)}")
-        also_levels = np.abs(np.log(grid_w) - np.log(np.asarray(also_from.powers_w))[:, None]).argmin(axis=1)
-        start_list.append((np.asarray(also_from.points), np.asarray(also_from.channels), also_levels))
+        start_list.append((np.asarray(also_from.points), np.asarray(also_from.channels), nearest_power_levels(also_from.powers_w, grid_w)))
 
     cand_p, cand_k, cand_l = (a.reshape(-1) for a in np.meshgrid(np.arange(P), np.arange(K), np.arange(L), indexing="ij"))
     C = cand_p.size

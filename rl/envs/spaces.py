@@ -14,7 +14,7 @@ import numpy as np
 from gymnasium import spaces
 
 from coinfer.core.errors import InvalidInput
-from coinfer.rl.actions import JointAction, decode_discrete, power_grids_w
+from coinfer.rl.actions import JointAction, decode_discrete, nearest_power_levels, power_grids_w
 from coinfer.rl.sim.core import Simulator
 
 ActionFormat = Literal["hybrid", "discrete"]
@@ -70,7 +70,6 @@ class JointActionSpaces:
                 "channels": np.asarray(action.channels, dtype=np.int64),
                 "powers_w": np.asarray(action.powers_w, dtype=np.float32),
             }
-        powers_w = np.asarray(action.powers_w, dtype=float)
-        level = np.abs(np.log(self.power_levels_w) - np.log(powers_w)[..., None]).argmin(axis=-1)
+        level = nearest_power_levels(action.powers_w, self.power_levels_w)
         triples = np.stack([np.asarray(action.points), np.asarray(action.channels), level], axis=-1)
         return triples.reshape(triples.shape[:-2] + (-1,)).astype(np.int64)
