@@ -100,6 +100,8 @@ ABLATIONS: dict[str, dict] = {
     "advantages normalised over the rollout (the paper code)": {"advantage_normalization": "rollout"},
     "linear power head (the paper code)": {"power_scale": "linear"},
     "32 environments (issue 19's lead; below the throughput target)": {"num_envs": 32},
+    "advantage trace decayed by lambda alone (the paper code)": {"trace_decay": "lambda"},
+    "critic on one-step targets (the paper code)": {"critic_target": "one-step"},
 }
 """MahppoConfig overrides of each ablation on ``mahppo-paper-resnet18``, one choice (or, for the
 previous defaults, one configuration) changed from the defaults."""
@@ -297,11 +299,15 @@ def _config(algo: str, scenario: str, steps: int, overrides: dict):
 
 _UNTRAINED_FIELDS = ("seed", "eval_every_steps", "eval_episodes", "checkpoint_every_steps", "torch_threads")
 """Configuration fields that do not change what a run learns (the seed names the run folder)."""
+_LATER_FIELDS = {"trace_decay": "gamma-lambda", "critic_target": "lambda-return"}
+"""Fields added after runs were cached, with the value every earlier run had: left out of the hash
+at that value, so those runs keep their folders."""
 
 
 def _config_tag(algo: str, scenario: str, steps: int, overrides: dict) -> str:
     """A short hash of everything a run learns from: equal configurations share their runs."""
-    config = {k: v for k, v in asdict(_config(algo, scenario, steps, overrides)).items() if k not in _UNTRAINED_FIELDS}
+    config = {k: v for k, v in asdict(_config(algo, scenario, steps, overrides)).items()
+              if k not in _UNTRAINED_FIELDS and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=list).encode()).hexdigest()[:8]
 
 

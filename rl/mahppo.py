@@ -32,6 +32,8 @@ from coinfer.rl.scenario import Scenario, load_scenario
 TRAIN_CELL_MODES = {"random": "train", "evaluation": "eval"}
 """`MahppoConfig.train_cell` -> the simulator mode whose episodes it trains on."""
 ADVANTAGE_NORMALIZATIONS = ("minibatch", "rollout", "none")
+TRACE_DECAYS = ("gamma-lambda", "lambda")
+CRITIC_TARGETS = ("lambda-return", "one-step")
 """Values of `MahppoConfig.advantage_normalization`."""
 
 
@@ -86,6 +88,13 @@ class MahppoConfig:
     advantage_normalization: str = "minibatch"
     """Scale advantages to mean 0 and std 1 over each 'minibatch', over the whole 'rollout' (the
     paper's code), or not at all ('none')."""
+    trace_decay: str = "gamma-lambda"
+    """How far back GAE carries an advantage: by gamma x lambda per step ('gamma-lambda', the GAE
+    paper and CleanRL) or by lambda alone ('lambda', as the paper code's recursion does: a longer
+    credit horizon, 20 steps instead of 10 at 0.95 and 0.95)."""
+    critic_target: str = "lambda-return"
+    """What the critic regresses on: the lambda-return, advantage plus value ('lambda-return'), or
+    the one-step bootstrapped target r + gamma V(s') ('one-step', the paper code)."""
     actor_hidden: tuple[int, ...] = (256, 128)
     """Hidden sizes of each actor's trunk."""
     critic_hidden: tuple[int, ...] = (256, 128, 64)
@@ -129,6 +138,10 @@ class MahppoConfig:
             raise InvalidInput(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.advantage_normalization not in ADVANTAGE_NORMALIZATIONS:
             raise InvalidInput(f"advantage_normalization must be one of {', '.join(ADVANTAGE_NORMALIZATIONS)}, got {self.advantage_normalization!r}")
+        if self.trace_decay not in TRACE_DECAYS:
+            raise InvalidInput(f"trace_decay must be one of {', '.join(TRACE_DECAYS)}, got {self.trace_decay!r}")
+        if self.critic_target not in CRITIC_TARGETS:
+            raise InvalidInput(f"critic_target must be one of {', '.join(CRITIC_TARGETS)}, got {self.critic_target!r}")
         if self.max_grad_norm < 0:
             raise InvalidInput(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
         if self.eval_episodes < 2:
@@ -151,24 +164,28 @@ class MahppoConfig:
 
 
 def compute_gae(
-    rewards: torch.Tensor, values: torch.Tensor, episode_ends: torch.Tensor, last_values: torch.Tensor, gamma: float, gae_lambda: float
+    rewards: torch.Tensor, values: torch.Tensor, episode_ends: torch.Tensor, last_values: torch.Tensor, gamma: float, gae_lambda: float,
+    trace_decay: str = "gamma-lambda", critic_target: str = "lambda-return",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages and returns (T, E) by generalised advantage estimation.
+    """Advantages and critic targets (T, E) by generalised advantage estimation.
 
     ``episode_ends[t]`` marks an episode that ended with step t (nothing is bootstrapped past it;
     a truncated episode's bootstrap value is already folded into its last reward);
-    ``last_values`` (E,) is V of the state after the last step.
+    ``last_values`` (E,) is V of the state after the last step. ``trace_decay`` and
+    ``critic_target``: see ``MahppoConfig``.
     """
     T = rewards.shape[0]
+    decay = gamma * gae_lambda if trace_decay == "gamma-lambda" else gae_lambda
     advantages = torch.zeros_like(rewards)
+    one_step = torch.zeros_like(rewards)
     running = torch.zeros_like(last_values)
     for t in reversed(range(T)):
         next_values = last_values if t == T - 1 else values[t + 1]
         carry = 1.0 - episode_ends[t]
-        delta = rewards[t] + gamma * next_values * carry - values[t]
-        running = delta + gamma * gae_lambda * carry * running
+        one_step[t] = rewards[t] + gamma * next_values * carry
+        running = one_step[t] - values[t] + decay * carry * running
         advantages[t] = running
-    return advantages, advantages + values
+    return advantages, (one_step if critic_target == "one-step" else advantages + values)
 
 
 def clipped_surrogate_loss(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_coef: float) -> torch.Tensor:
@@ -307,7 +324,8 @@ def train_mahppo(config: MahppoConfig, out_dir: str | Path | None = None, progre
 
         # GAE
         with torch.no_grad():
-            advantages, returns = compute_gae(reward_buf, value_buf, end_buf, critic(obs), config.gamma, config.gae_lambda)
+            advantages, returns = compute_gae(reward_buf, value_buf, end_buf, critic(obs), config.gamma, config.gae_lambda,
+                                              config.trace_decay, config.critic_target)
 
         # Update: epochs x minibatches
         actor.train()

@@ -73,6 +73,23 @@ def test_runs_are_named_by_what_they_learn_from(tmp_path):
     assert len(set(tags)) == len(tags)  # every ablation changes something
 
 
+def test_a_field_added_later_keeps_the_earlier_runs_names_at_the_value_they_had(tmp_path):
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from coinfer.rl.mahppo import MahppoConfig
+
+    # The tag as it was computed before the later fields existed: without them.
+    config = {k: v for k, v in asdict(MahppoConfig(scenario="dense", total_steps=500_000)).items()
+              if k not in bench._UNTRAINED_FIELDS and k not in bench._LATER_FIELDS}
+    before = hashlib.sha256(json.dumps(config, sort_keys=True, default=list).encode()).hexdigest()[:8]
+    for field, earlier in bench._LATER_FIELDS.items():
+        assert bench._config_tag("mahppo", "dense", 500_000, {field: earlier}) == before
+    assert bench._config_tag("mahppo", "dense", 500_000, {"critic_target": "one-step"}) != before
+    assert bench._config_tag("mahppo", "dense", 500_000, {"trace_decay": "lambda"}) != before
+
+
 def test_previous_defaults_are_what_mahppo_had_before():
     from coinfer.rl.mahppo import MahppoConfig
 

@@ -16,8 +16,9 @@ from coinfer.rl.policy import load_policy, make_policy
 from coinfer.rl.scenario import load_scenario
 
 
-def gae_by_sums(rewards, values, ends, last_values, gamma, lam):
-    """A_t = sum_l (gamma lam)^l delta_{t+l}, stopping at the end of the episode (the sum form)."""
+def gae_by_sums(rewards, values, ends, last_values, gamma, lam, decay=None):
+    """A_t = sum_l (gamma lam)^l delta_{t+l}, stopping at the end of the episode (the sum form);
+    ``decay`` replaces gamma lam (the paper code's recursion decays by lam alone)."""
     T, E = rewards.shape
     nxt = np.vstack([values[1:], last_values[None]])
     delta = rewards + gamma * nxt * (1 - ends) - values
@@ -29,7 +30,7 @@ def gae_by_sums(rewards, values, ends, last_values, gamma, lam):
                 total += weight * delta[k, e]
                 if ends[k, e]:
                     break
-                weight *= gamma * lam
+                weight *= gamma * lam if decay is None else decay
             adv[t, e] = total
     return adv
 
@@ -44,6 +45,33 @@ def test_gae_equals_the_sum_of_discounted_td_errors():
         expected = gae_by_sums(rewards, values, ends, last, gamma, lam)
         assert np.allclose(adv.numpy(), expected)
         assert np.allclose(ret.numpy(), expected + values)
+
+
+def test_the_paper_codes_trace_decays_by_lambda_alone_and_its_critic_learns_one_step_targets():
+    rng = np.random.default_rng(1)
+    T, E = 10, 2
+    rewards, values, last = rng.normal(size=(T, E)), rng.normal(size=(T, E)), rng.normal(size=E)
+    ends = (rng.random((T, E)) < 0.2).astype(float)
+    gamma, lam = 0.9, 0.8
+    args = [torch.tensor(a) for a in (rewards, values, ends, last)]
+    adv, target = compute_gae(*args, gamma, lam, trace_decay="lambda", critic_target="one-step")
+    assert np.allclose(adv.numpy(), gae_by_sums(rewards, values, ends, last, gamma, lam, decay=lam))
+    assert not np.allclose(adv.numpy(), gae_by_sums(rewards, values, ends, last, gamma, lam))
+    nxt = np.vstack([values[1:], last[None]])
+    assert np.allclose(target.numpy(), rewards + gamma * nxt * (1 - ends))
+    # Each choice on its own: the defaults' advantages with one-step targets, and the reverse.
+    adv_default, _ = compute_gae(*args, gamma, lam)
+    adv_one_step, _ = compute_gae(*args, gamma, lam, critic_target="one-step")
+    assert torch.equal(adv_default, adv_one_step)
+    _, target_lambda = compute_gae(*args, gamma, lam, trace_decay="lambda")
+    assert np.allclose(target_lambda.numpy(), adv.numpy() + values)
+
+
+def test_unknown_trace_decay_or_critic_target_is_refused():
+    with pytest.raises(InvalidInput, match="trace_decay"):
+        MahppoConfig(trace_decay="gamma").validate()
+    with pytest.raises(InvalidInput, match="critic_target"):
+        MahppoConfig(critic_target="td0").validate()
 
 
 def test_gae_does_not_bootstrap_across_an_episode_end():
