@@ -32,9 +32,11 @@ from coinfer.rl.scenario import Scenario, load_scenario
 TRAIN_CELL_MODES = {"random": "train", "evaluation": "eval"}
 """`MahppoConfig.train_cell` -> the simulator mode whose episodes it trains on."""
 ADVANTAGE_NORMALIZATIONS = ("minibatch", "rollout", "none")
-TRACE_DECAYS = ("gamma-lambda", "lambda")
-CRITIC_TARGETS = ("lambda-return", "one-step")
 """Values of `MahppoConfig.advantage_normalization`."""
+TRACE_DECAYS = ("gamma-lambda", "lambda")
+"""Values of `MahppoConfig.trace_decay`."""
+CRITIC_TARGETS = ("lambda-return", "one-step")
+"""Values of `MahppoConfig.critic_target`."""
 
 
 @dataclass
@@ -46,7 +48,9 @@ class MahppoConfig:
     learning rate, no gradient clipping, 500k steps), except: each update's 1024 steps come from 64
     environments stepped together (16 steps each; the paper code steps one), advantages are
     normalised per minibatch (the code: over the rollout), the power head spans its range
-    geometrically (the code: linearly) and the hidden layers are ReLU (the paper: tanh). What
+    geometrically (the code: linearly), GAE decays by gamma x lambda and the critic learns
+    lambda-returns (the code: lambda alone, one-step targets) and the hidden layers are ReLU (the
+    paper: tanh). What
     each of these choices is worth: docs/rl.md, "MAHPPO's defaults and the paper code's choices".
     """
 
