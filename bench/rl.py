@@ -99,7 +99,7 @@ ABLATIONS: dict[str, dict] = {
     "learning rate annealed to 0": {"anneal_lr": True},
     "advantages normalised over the rollout (the paper code)": {"advantage_normalization": "rollout"},
     "linear power head (the paper code)": {"power_scale": "linear"},
-    "32 environments (issue 19's lead; below the throughput target)": {"num_envs": 32},
+    "32 environments (issue 19's lead)": {"num_envs": 32},
     "advantage trace decayed by lambda alone (the paper code)": {"trace_decay": "lambda"},
     "critic on one-step targets (the paper code)": {"critic_target": "one-step"},
 }
