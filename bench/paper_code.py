@@ -240,7 +240,7 @@ def evaluate(out_dir: Path, seeds: Sequence[int], rl_out: Path | None = None) ->
 
     scenario = load_scenario(SCENARIO)
     sets = rl_bench.episode_sets(scenario, rl_bench.PROTOCOL)
-    per_seed, held = [], []
+    per_seed, held, cells, sampled_cells = [], [], [], []
     for seed in seeds:
         run_dir = out_dir / f"seed{seed}"
         policy = PaperCodePolicy.load(run_dir / ACTOR_FILE, scenario)
@@ -249,6 +249,8 @@ def evaluate(out_dir: Path, seeds: Sequence[int], rl_out: Path | None = None) ->
         sampled = evaluate_policy(policy, scenario, sets.sampled_cell, deterministic=False)
         held_out = evaluate_policy(policy, scenario, sets.held_out)
         held.append(held_out)
+        cells.append(cell)
+        sampled_cells.append(sampled)
         row = {"seed": seed, "own_simulator": own, "cell": cell.summary(), "sampled_cell": sampled.summary(), "held_out": held_out.summary()}
         per_seed.append(row)
         print(f"  paper code seed {seed}: cell greedy {cell.reward:.3f} ({cell.latency_per_task_s:.4f} s, {cell.energy_per_task_j:.4f} J;"
@@ -256,8 +258,8 @@ def evaluate(out_dir: Path, seeds: Sequence[int], rl_out: Path | None = None) ->
               f" held-out {held_out.reward:.3f} ({held_out.latency_per_task_s:.4f} s, {held_out.energy_per_task_j:.4f} J)", flush=True)
     record = PolicyRecord("paper-code", tuple(held), tuple(seeds))
     report: dict = {"seeds": list(seeds), "per_seed": per_seed, "anchor": rl_bench.AUTHORS_AGENT,
-                    "cell_greedy": _spread([r["cell"]["reward"] for r in per_seed]),
-                    "sampled_cell": _spread([r["sampled_cell"]["reward"] for r in per_seed])}
+                    "cell_greedy": PolicyRecord("paper-code", tuple(cells), tuple(seeds)).spread(),
+                    "sampled_cell": PolicyRecord("paper-code", tuple(sampled_cells), tuple(seeds)).spread()}
     if len(held[0].per_episode) >= 2:
         iv = record.interval()
         report["held_out"] = {"mean": iv.mean, "ci95": [iv.low, iv.high]}
@@ -278,10 +280,6 @@ def evaluate(out_dir: Path, seeds: Sequence[int], rl_out: Path | None = None) ->
         else:
             print(f"[paper-code] {rl_out} has no MAHPPO runs of {SCENARIO} at the defaults: no paired comparison")
     return report
-
-
-def _spread(values: list[float]) -> dict:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "runs": [float(v) for v in values]}
 
 
 def main(argv: list[str] | None = None) -> dict | None:
